@@ -1,0 +1,5 @@
+import sys
+
+from integrity.cli import main
+
+sys.exit(main())

@@ -1,0 +1,55 @@
+"""The checks: each a unit of the same shape, manifest and context in, findings out.
+
+A check implements `Check`: an `id` (one of the contract's check ids) and
+`run(manifest, context) -> CheckOutcome`. It reports what it found as findings;
+the runner derives the status (fail on an error finding, warn on a warning).
+A check whose own work cannot finish raises `CheckIncomplete`: status `error`,
+which fails the run. Checks run in registry order; a later check may rely on an
+earlier one through `context.verified` (for example, load only files whose
+digest was proven).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+from integrity.manifest import Manifest
+from integrity.report import Finding
+
+
+@dataclass
+class CheckContext:
+    """What a check may use besides the manifest."""
+
+    manifest_path: Path
+    root: Path
+    show_progress: bool = True
+    # Manifest paths whose content matched their recorded digest in this run.
+    verified: set[str] = field(default_factory=set)
+
+
+@dataclass
+class CheckOutcome:
+    summary: str
+    findings: list[Finding] = field(default_factory=list)
+
+
+class CheckIncomplete(Exception):
+    """The check's own work could not finish; the message says why."""
+
+
+class Check(Protocol):
+    id: ClassVar[str]
+
+    def run(self, manifest: Manifest, context: CheckContext) -> CheckOutcome: ...
+
+
+def registry() -> dict[str, type[Check]]:
+    """Every implemented check, in the order they run. Imported lazily: each
+    check imports only what it needs, when it runs."""
+    from integrity.checks.digests import DigestsCheck
+
+    checks: list[type[Check]] = [DigestsCheck]
+    return {check.id: check for check in checks}

@@ -1,0 +1,259 @@
+"""`digests`: every recorded file is byte-for-byte what the manifest says.
+
+Reports, each as its own finding naming the path: changed content, changed
+size, a missing file or folder, a file added inside a recorded folder, a file
+replaced by a symlink or a special file (never opened for read), a name that
+now differs only in case or Unicode normalisation, and unreadable files.
+Sizes are compared before hashing; files are hashed on several threads.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from integrity.checks import CheckContext, CheckIncomplete, CheckOutcome
+from integrity.files import (
+    PathProblem,
+    describe_mode,
+    entry_mode,
+    list_directory,
+    list_names,
+    open_regular,
+    open_root,
+)
+from integrity.hashing import parallel_map, sha256_fd
+from integrity.manifest import FileDigest, Manifest
+from integrity.paths import collision_key, is_within
+from integrity.progress import Progress, human_size
+from integrity.report import Finding
+
+_PROBLEM_CODES = {
+    "missing": "missing",
+    "symlink": "symlink",
+    "special": "special-file",
+    "directory": "not-a-file",
+    "not-directory": "not-a-directory",
+    "unreadable": "unreadable",
+}
+
+
+@dataclass
+class _FileResult:
+    recorded: FileDigest
+    finding: Finding | None
+
+
+class DigestsCheck:
+    id: ClassVar[str] = "digests"
+
+    def run(self, manifest: Manifest, context: CheckContext) -> CheckOutcome:
+        try:
+            root_fd = open_root(context.root)
+        except OSError as exc:
+            raise CheckIncomplete(f"cannot open {context.root}: {exc.strerror}") from None
+        try:
+            return self._run(manifest, context, root_fd)
+        finally:
+            os.close(root_fd)
+
+    def _run(self, manifest: Manifest, context: CheckContext, root_fd: int) -> CheckOutcome:
+        findings: list[Finding] = []
+        recorded = {f.path: f for f in manifest.files}
+        manifest_rel = _relative_to_root(context)
+        broken_dirs: list[str] = []
+
+        for artifact in manifest.artifacts:
+            if artifact.type != "directory":
+                continue
+            problem = _directory_problem(root_fd, artifact.path)
+            if problem is not None:
+                findings.append(problem)
+                broken_dirs.append(artifact.path)
+                continue
+            try:
+                present = list_directory(root_fd, artifact.path)
+            except OSError as exc:
+                findings.append(_unreadable(artifact.path, f"cannot list folder: {exc.strerror}"))
+                broken_dirs.append(artifact.path)
+                continue
+            for path in present:
+                if path not in recorded and path != manifest_rel:
+                    findings.append(_added(root_fd, path))
+
+        to_hash = [f for f in manifest.files if not any(is_within(f.path, d) for d in broken_dirs)]
+        total = sum(f.size for f in to_hash)
+        names = _NameIndex(root_fd)
+        with Progress("digests", total, enabled=context.show_progress) as progress:
+
+            def verify(entry: FileDigest) -> _FileResult:
+                return _FileResult(entry, _verify_file(root_fd, entry, progress.advance, names))
+
+            results = list(parallel_map(verify, to_hash))
+
+        verified = 0
+        for result in results:
+            if result.finding is None:
+                verified += 1
+                context.verified.add(result.recorded.path)
+            else:
+                findings.append(result.finding)
+
+        findings.sort(key=lambda f: (f.path or "", f.code))
+        checked = len(manifest.files)
+        if findings:
+            summary = (
+                f"{len(findings)} problem{'s' if len(findings) != 1 else ''} in "
+                f"{checked} recorded file{'s' if checked != 1 else ''}"
+            )
+        else:
+            summary = f"{verified} file{'s' if verified != 1 else ''} match ({human_size(total)})"
+        return CheckOutcome(summary=summary, findings=findings)
+
+
+class _NameIndex:
+    """Exact directory listings, read once per folder, to tell a file's recorded
+    name from the name on disk (case- or normalisation-insensitive filesystems
+    open 'Model.pkl' for 'model.pkl')."""
+
+    def __init__(self, root_fd: int) -> None:
+        self._root_fd = root_fd
+        self._cache: dict[str, set[str] | None] = {}
+
+    def names(self, directory: str) -> set[str] | None:
+        if directory not in self._cache:
+            self._cache[directory] = list_names(self._root_fd, directory)
+        return self._cache[directory]
+
+    def lookalike(self, path: str) -> str | None:
+        """A sibling whose name differs from `path`'s only in case or normalisation."""
+        directory, _, name = path.rpartition("/")
+        names = self.names(directory) or set()
+        key = collision_key(name)
+        for other in sorted(names):
+            if other != name and collision_key(other) == key:
+                return f"{directory}/{other}" if directory else other
+        return None
+
+
+def _verify_file(
+    root_fd: int, entry: FileDigest, advance: Callable[[int], None], names: _NameIndex
+) -> Finding | None:
+    path = entry.path
+    try:
+        fd, st = open_regular(root_fd, path)
+    except PathProblem as problem:
+        return _problem_finding(problem, names)
+    try:
+        directory, _, name = path.rpartition("/")
+        listing = names.names(directory)
+        if listing is not None and name not in listing:
+            other = names.lookalike(path)
+            return Finding(
+                level="error",
+                code="renamed",
+                message=f"{path}: recorded name not found; the file on disk is named "
+                f"{other or 'differently'} (differs only in case or Unicode normalisation)",
+                path=path,
+            )
+        if st.st_size != entry.size:
+            return Finding(
+                level="error",
+                code="size-mismatch",
+                message=f"{path}: size changed: expected {entry.size} bytes, "
+                f"found {st.st_size} bytes (content differs)",
+                path=path,
+                expected=str(entry.size),
+                actual=str(st.st_size),
+            )
+        try:
+            actual, count = sha256_fd(fd, advance)
+        except OSError as exc:
+            return _unreadable(path, f"read failed: {exc.strerror}")
+        if count != entry.size:
+            return Finding(
+                level="error",
+                code="size-mismatch",
+                message=f"{path}: size changed while reading: expected {entry.size} bytes, "
+                f"read {count} bytes",
+                path=path,
+                expected=str(entry.size),
+                actual=str(count),
+            )
+        if actual != entry.sha256:
+            return Finding(
+                level="error",
+                code="digest-mismatch",
+                message=f"{path}: content changed: expected sha256 {entry.sha256}, found {actual}",
+                path=path,
+                expected=entry.sha256,
+                actual=actual,
+            )
+        return None
+    finally:
+        os.close(fd)
+
+
+def _problem_finding(problem: PathProblem, names: _NameIndex) -> Finding:
+    message = f"{problem.where}: {problem.detail}"
+    if problem.kind == "missing":
+        other = names.lookalike(problem.where)
+        if other:
+            message += (
+                f"; found {other!r}, whose name differs only in case or Unicode normalisation"
+            )
+    return Finding(
+        level="error",
+        code=_PROBLEM_CODES.get(problem.kind, "unreadable"),
+        message=message,
+        path=problem.where,
+    )
+
+
+def _directory_problem(root_fd: int, path: str) -> Finding | None:
+    mode = entry_mode(root_fd, path)
+    if mode is None:
+        return Finding(
+            level="error", code="missing", message=f"{path}: recorded folder is missing", path=path
+        )
+    if stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return Finding(
+            level="error",
+            code="symlink",
+            message=f"{path}: recorded folder was replaced by a symlink",
+            path=path,
+        )
+    return Finding(
+        level="error",
+        code="not-a-directory",
+        message=f"{path}: recorded folder was replaced by {describe_mode(mode)}",
+        path=path,
+    )
+
+
+def _added(root_fd: int, path: str) -> Finding:
+    mode = entry_mode(root_fd, path)
+    what = "file"
+    if mode is not None and not stat.S_ISREG(mode):
+        what = describe_mode(mode).removeprefix("a ").removeprefix("an ")
+    return Finding(
+        level="error",
+        code="added",
+        message=f"{path}: {what} added inside a recorded folder; it is not in the manifest",
+        path=path,
+    )
+
+
+def _unreadable(path: str, detail: str) -> Finding:
+    return Finding(level="error", code="unreadable", message=f"{path}: {detail}", path=path)
+
+
+def _relative_to_root(context: CheckContext) -> str:
+    return os.path.relpath(os.path.abspath(context.manifest_path), context.root).replace(
+        os.sep, "/"
+    )

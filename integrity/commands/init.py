@@ -1,0 +1,147 @@
+"""`init`: record every artifact's digest in a new manifest (never overwriting without --force)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from integrity.errors import UserError
+from integrity.files import PathProblem, describe_mode, list_directory, open_regular, open_root
+from integrity.hashing import parallel_map, sha256_fd
+from integrity.manifest import (
+    Artifact,
+    FileDigest,
+    build_manifest,
+    describe_validation_error,
+    dump_manifest,
+    write_manifest,
+)
+from integrity.paths import escapes_root, to_manifest_path
+from integrity.progress import Progress, human_size
+
+
+def _artifact(root: Path, given: str, role: str) -> Artifact:
+    try:
+        path = to_manifest_path(root, Path(given))
+    except ValueError as exc:
+        raise UserError(f"{given}: {exc}") from None
+    link = escapes_root(root, path)
+    if link:
+        raise UserError(f"{given}: resolves outside the manifest's folder through symlink {link!r}")
+    try:
+        mode = os.lstat(root / path).st_mode
+    except FileNotFoundError:
+        raise UserError(f"{given}: no such file or folder") from None
+    except OSError as exc:
+        raise UserError(f"{given}: cannot read: {exc.strerror}") from None
+    if stat.S_ISLNK(mode):
+        raise UserError(f"{given}: is a symlink; record the file it points to instead")
+    if stat.S_ISDIR(mode):
+        return Artifact(path=path, type="directory", role=role)  # type: ignore[arg-type]
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{given}: is {describe_mode(mode)}, not a file or folder")
+    return Artifact(path=path, type="file", role=role)  # type: ignore[arg-type]
+
+
+def collect_artifacts(root: Path, model: str, others: list[str]) -> list[Artifact]:
+    """The named artifacts; a path named twice is recorded once, as the model if it is one."""
+    by_path: dict[str, Artifact] = {}
+    for given, role in [(model, "model")] + [(p, "artifact") for p in others]:
+        artifact = _artifact(root, given, role)
+        if artifact.path not in by_path:
+            by_path[artifact.path] = artifact
+    return list(by_path.values())
+
+
+def expand_files(root_fd: int, artifacts: list[Artifact], exclude: set[str]) -> list[str]:
+    """Every file the artifacts cover; refuses symlinks and special files inside folders."""
+    files: set[str] = set()
+    for artifact in artifacts:
+        if artifact.type == "file":
+            files.add(artifact.path)
+            continue
+        for path in list_directory(root_fd, artifact.path):
+            if path in exclude:
+                continue
+            mode = os.stat(path, dir_fd=root_fd, follow_symlinks=False).st_mode
+            if not stat.S_ISREG(mode):
+                raise UserError(
+                    f"{path}: is {describe_mode(mode)} inside a recorded folder; "
+                    "only regular files can be recorded"
+                )
+            files.add(path)
+    return sorted(files)
+
+
+def hash_files(root_fd: int, paths: list[str], show_progress: bool) -> list[FileDigest]:
+    total = 0
+    for path in paths:
+        total += os.stat(path, dir_fd=root_fd, follow_symlinks=False).st_size
+
+    with Progress("hashing", total, enabled=show_progress) as progress:
+
+        def digest(path: str) -> FileDigest:
+            try:
+                fd, _ = open_regular(root_fd, path)
+            except PathProblem as problem:
+                raise UserError(str(problem)) from None
+            try:
+                sha256, size = sha256_fd(fd, progress.advance)
+            except OSError as exc:
+                raise UserError(f"{path}: read failed: {exc.strerror}") from None
+            finally:
+                os.close(fd)
+            return FileDigest(path=path, sha256=sha256, size=size)
+
+        return list(parallel_map(digest, paths))
+
+
+def run_init(args: argparse.Namespace) -> int:
+    manifest_path = Path(args.manifest)
+    if os.path.lexists(manifest_path):
+        if not args.force:
+            raise UserError(f"{manifest_path}: already exists; pass --force to replace it")
+        if os.path.isdir(manifest_path) and not os.path.islink(manifest_path):
+            raise UserError(f"{manifest_path}: is a directory, not a manifest file")
+    root = Path(os.path.abspath(manifest_path)).parent
+    if not root.is_dir():
+        raise UserError(f"{manifest_path}: folder {root} does not exist")
+
+    artifacts = collect_artifacts(root, args.model, args.artifact)
+    manifest_rel = manifest_path.name
+    root_fd = open_root(root)
+    try:
+        # The manifest and its temporary files never record themselves.
+        exclude = {manifest_rel}
+        paths = [
+            p
+            for p in expand_files(root_fd, artifacts, exclude)
+            if not (p.rpartition("/")[2].startswith(f".{manifest_rel}.") and "/" not in p)
+        ]
+        digests = hash_files(root_fd, paths, show_progress=True)
+    finally:
+        os.close(root_fd)
+    try:
+        manifest = build_manifest(artifacts, digests)
+    except ValidationError as exc:
+        raise UserError(f"{manifest_path}: {describe_validation_error(exc)}") from None
+    # Serialise before touching the file system, so a failure leaves nothing behind.
+    dump_manifest(manifest)
+    try:
+        write_manifest(manifest, manifest_path, overwrite=args.force)
+    except FileExistsError:
+        raise UserError(f"{manifest_path}: already exists; pass --force to replace it") from None
+    except OSError as exc:
+        raise UserError(f"{manifest_path}: cannot write: {exc.strerror}") from None
+    total = sum(d.size for d in digests)
+    print(
+        f"wrote {manifest_path}: {len(digests)} file{'s' if len(digests) != 1 else ''} "
+        f"({human_size(total)}) in {len(artifacts)} artifact{'s' if len(artifacts) != 1 else ''}",
+        file=sys.stdout,
+    )
+    return 0

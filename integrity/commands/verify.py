@@ -1,0 +1,113 @@
+"""`verify`: load the manifest, run the selected checks, render the report, exit 0/1."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from integrity.checks import CheckContext, CheckIncomplete, registry
+from integrity.errors import UserError
+from integrity.manifest import load_manifest, manifest_root
+from integrity.report import CheckResult, Report, overall_status, status_from_findings
+
+
+def select_checks(known: list[str], only: list[str] | None, skip: list[str] | None) -> list[str]:
+    """The ids to run, in registry order; unknown ids are a usage error."""
+    for option, ids in (("--only", only), ("--skip", skip)):
+        for check_id in ids or []:
+            if check_id not in known:
+                raise UserError(
+                    f"{option}: unknown check {check_id!r} (available: {', '.join(known)})"
+                )
+    selected = [c for c in known if (only is None or c in only)]
+    return [c for c in selected if c not in (skip or [])]
+
+
+def run_checks(
+    manifest_path: Path,
+    only: list[str] | None = None,
+    skip: list[str] | None = None,
+    *,
+    show_progress: bool = True,
+) -> Report:
+    started = time.monotonic()
+    checks = registry()
+    selected = select_checks(list(checks), only, skip)
+    manifest = load_manifest(manifest_path)
+    context = CheckContext(
+        manifest_path=manifest_path, root=manifest_root(manifest_path), show_progress=show_progress
+    )
+    results: list[CheckResult] = []
+    for check_id, check_class in checks.items():
+        if check_id not in selected:
+            reason = "--skip" if skip and check_id in skip else "--only"
+            results.append(CheckResult(id=check_id, status="skip", summary=f"skipped by {reason}"))
+            continue
+        check_started = time.monotonic()
+        try:
+            outcome = check_class().run(manifest, context)
+        except CheckIncomplete as exc:
+            results.append(
+                CheckResult(
+                    id=check_id,
+                    status="error",
+                    summary=f"could not finish: {exc}",
+                    duration_s=round(time.monotonic() - check_started, 3),
+                )
+            )
+            continue
+        results.append(
+            CheckResult(
+                id=check_id,
+                status=status_from_findings(outcome.findings),
+                summary=outcome.summary,
+                findings=outcome.findings,
+                duration_s=round(time.monotonic() - check_started, 3),
+            )
+        )
+    return Report(
+        status=overall_status(results),
+        manifest=str(manifest_path),
+        checks=results,
+        duration_s=round(time.monotonic() - started, 3),
+    )
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from integrity.render.console import render_console
+    from integrity.render.json_report import write_json_report
+
+    manifest_path = Path(args.manifest)
+    outputs = [Path(p) for p in [args.json] if p]
+    _refuse_clobbering(outputs, manifest_path)
+    report = run_checks(manifest_path, args.only, args.skip, show_progress=not args.no_progress)
+    if args.json:
+        write_json_report(report, Path(args.json))
+    sys.stdout.write(render_console(report, color=_use_color(sys.stdout)))
+    sys.stdout.flush()
+    return 0 if report.status == "pass" else 1
+
+
+def _refuse_clobbering(outputs: list[Path], manifest_path: Path) -> None:
+    """A report never overwrites the manifest (a user's file) or another report."""
+    seen: set[str] = set()
+    manifest_real = os.path.realpath(manifest_path)
+    for output in outputs:
+        real = os.path.realpath(output)
+        if real == manifest_real:
+            raise UserError(f"{output}: is the manifest; write the report somewhere else")
+        if real in seen:
+            raise UserError(f"{output}: named for two reports")
+        if os.path.isdir(output):
+            raise UserError(f"{output}: is a directory; give a file path for the report")
+        seen.add(real)
+
+
+def _use_color(stream: object) -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())

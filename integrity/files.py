@@ -1,0 +1,201 @@
+"""Opening recorded files without being fooled by the filesystem.
+
+Every component of a manifest path is opened relative to its parent's file
+descriptor with O_NOFOLLOW, so a symlink anywhere on the path is seen, never
+followed, and a rename race cannot redirect the read. Special files (FIFO,
+device, socket) are refused on lstat, before any open; the final open uses
+O_NONBLOCK and is re-checked with fstat, so a FIFO swapped in meanwhile still
+cannot hang the run.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+
+
+@dataclass(frozen=True)
+class PathProblem(Exception):
+    """Why a recorded path cannot be read as a regular file.
+
+    kind: missing | symlink | special | directory | not-directory | unreadable
+    where: the manifest path of the component at fault
+    """
+
+    kind: str
+    where: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.detail}"
+
+
+def describe_mode(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    return "not a regular file"
+
+
+def open_root(root: Path) -> int:
+    return os.open(root, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+
+
+def _open_parent(root_fd: int, parts: list[str]) -> int:
+    """A descriptor for the directory holding the last part; the caller closes it."""
+    fd = os.dup(root_fd)
+    walked: list[str] = []
+    try:
+        for part in parts[:-1]:
+            walked.append(part)
+            where = "/".join(walked)
+            try:
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                raise PathProblem("missing", where, "folder is missing") from None
+            except OSError as exc:
+                raise PathProblem("unreadable", where, f"cannot read: {exc.strerror}") from None
+            if stat.S_ISLNK(st.st_mode):
+                raise PathProblem("symlink", where, "folder was replaced by a symlink") from None
+            if not stat.S_ISDIR(st.st_mode):
+                kind = "special" if not stat.S_ISREG(st.st_mode) else "not-directory"
+                raise PathProblem(
+                    kind, where, f"should be a folder but is {describe_mode(st.st_mode)}"
+                )
+            try:
+                next_fd = os.open(
+                    part, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=fd
+                )
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise PathProblem(
+                        "symlink", where, "folder was replaced by a symlink"
+                    ) from None
+                raise PathProblem("unreadable", where, f"cannot open: {exc.strerror}") from None
+            os.close(fd)
+            fd = next_fd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_regular(root_fd: int, path: str) -> tuple[int, os.stat_result]:
+    """Open manifest path `path` beneath `root_fd` for reading, as a regular file only.
+
+    Returns the descriptor (caller closes) and its fstat. Raises PathProblem.
+    """
+    parts = path.split("/")
+    parent = _open_parent(root_fd, parts)
+    name = parts[-1]
+    try:
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            raise PathProblem("missing", path, "file is missing") from None
+        except OSError as exc:
+            raise PathProblem("unreadable", path, f"cannot read: {exc.strerror}") from None
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(name, dir_fd=parent)
+            raise PathProblem("symlink", path, f"was replaced by a symlink to {target!r}")
+        if stat.S_ISDIR(st.st_mode):
+            raise PathProblem("directory", path, "should be a file but is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise PathProblem("special", path, f"was replaced by {describe_mode(st.st_mode)}")
+        try:
+            fd = os.open(
+                name, os.O_RDONLY | _O_NOFOLLOW | os.O_NONBLOCK | _O_CLOEXEC, dir_fd=parent
+            )
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise PathProblem("symlink", path, "was replaced by a symlink") from None
+            raise PathProblem("unreadable", path, f"cannot open: {exc.strerror}") from None
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (
+            st.st_dev,
+            st.st_ino,
+        ):
+            os.close(fd)
+            raise PathProblem("special", path, "changed while being opened; refusing to read it")
+        os.set_blocking(fd, True)
+        return fd, opened
+    finally:
+        os.close(parent)
+
+
+def list_directory(root_fd: int, path: str) -> list[str]:
+    """Every entry beneath manifest directory `path`, recursively, as manifest paths.
+
+    Symlinks and special files are listed (so they can be reported), never followed.
+    """
+    parts = path.split("/")
+    parent = _open_parent(root_fd, [*parts, "_"])
+    found: list[str] = []
+    try:
+        _walk(parent, path, found)
+    finally:
+        os.close(parent)
+    return sorted(found)
+
+
+def _walk(dir_fd: int, prefix: str, found: list[str]) -> None:
+    for entry in sorted(os.listdir(dir_fd)):
+        child = f"{prefix}/{entry}"
+        st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            sub = os.open(
+                entry, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dir_fd
+            )
+            try:
+                _walk(sub, child, found)
+            finally:
+                os.close(sub)
+        else:
+            found.append(child)
+
+
+def entry_mode(root_fd: int, path: str) -> int | None:
+    """lstat mode of manifest path `path` beneath root, or None when it or a parent is missing."""
+    parts = path.split("/")
+    try:
+        parent = _open_parent(root_fd, parts)
+    except PathProblem:
+        return None
+    try:
+        return os.stat(parts[-1], dir_fd=parent, follow_symlinks=False).st_mode
+    except OSError:
+        return None
+    finally:
+        os.close(parent)
+
+
+def list_names(root_fd: int, directory: str) -> set[str] | None:
+    """Exact names in manifest folder `directory` ("" for the root); None if unreadable."""
+    try:
+        if not directory:
+            return set(os.listdir(root_fd))
+        fd = _open_parent(root_fd, [*directory.split("/"), "_"])
+    except (PathProblem, OSError):
+        return None
+    try:
+        return set(os.listdir(fd))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)

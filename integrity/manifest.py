@@ -1,0 +1,301 @@
+"""The manifest (`model-integrity.json`): models, strict loading and deterministic writing.
+
+The manifest arrives in pull requests from strangers, so loading is strict:
+a size cap, UTF-8 JSON only, duplicate keys and non-finite numbers refused,
+unknown fields refused, every path validated before anything on disk is read.
+Writing is deterministic (sorted paths, model field order, 2-space indent,
+trailing newline) so that one changed file is a few changed lines in a diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from integrity.errors import ManifestError
+from integrity.paths import collision_key, escapes_root, is_within, manifest_path_problem
+
+MANIFEST_VERSION: Literal[1] = 1
+DEFAULT_MANIFEST = "model-integrity.json"
+# A manifest for 100,000 files is about 15 MB; anything far larger is not a manifest.
+MAX_MANIFEST_BYTES = 32 * 1024 * 1024
+
+
+def _check_path(value: str) -> str:
+    problem = manifest_path_problem(value)
+    if problem:
+        raise ValueError(f"path {value!r} {problem}")
+    return value
+
+
+ManifestPath = Annotated[str, AfterValidator(_check_path)]
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Artifact(_Strict):
+    """What the user named at `init`: a file, or a folder whose every file is recorded."""
+
+    path: ManifestPath
+    type: Literal["file", "directory"] = Field(
+        description="A directory's files are all recorded; a file added to it later is reported."
+    )
+    role: Literal["model", "artifact"] = Field(
+        description="'model' artifacts are what the model checks load; "
+        "'artifact' is any other file."
+    )
+
+
+class FileDigest(_Strict):
+    """One regular file: its SHA-256 and size in bytes."""
+
+    path: ManifestPath
+    sha256: Sha256Hex
+    size: int = Field(ge=0)
+
+
+class Manifest(_Strict):
+    """model-integrity manifest: what the committed artifacts are, byte for byte."""
+
+    model_config = ConfigDict(title="model-integrity manifest")
+
+    version: Literal[1] = Field(description="Manifest format version.")
+    artifacts: list[Artifact] = Field(min_length=1)
+    files: list[FileDigest]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        _no_duplicates("artifacts", [a.path for a in self.artifacts])
+        _no_duplicates("files", [f.path for f in self.files])
+        if not any(a.role == "model" for a in self.artifacts):
+            raise ValueError("artifacts: no artifact has role 'model'")
+        files = {f.path for f in self.files}
+        directories = [a.path for a in self.artifacts if a.type == "directory"]
+        for artifact in self.artifacts:
+            if artifact.type == "file" and artifact.path not in files:
+                raise ValueError(f"artifacts: file {artifact.path!r} has no entry in files")
+            if artifact.type == "directory" and artifact.path in files:
+                raise ValueError(f"artifacts: {artifact.path!r} is a directory and a file")
+        for path in files:
+            if path not in {a.path for a in self.artifacts if a.type == "file"} and not any(
+                is_within(path, d) for d in directories
+            ):
+                raise ValueError(f"files: {path!r} is not inside any recorded artifact")
+        return self
+
+    def model_paths(self) -> list[str]:
+        """Every recorded file that belongs to a `model` artifact."""
+        roots = [a for a in self.artifacts if a.role == "model"]
+        return [
+            f.path
+            for f in self.files
+            if any(f.path == r.path or is_within(f.path, r.path) for r in roots)
+        ]
+
+
+def _no_duplicates(field: str, paths: list[str]) -> None:
+    seen: dict[str, str] = {}
+    for path in paths:
+        key = collision_key(path)
+        if key in seen:
+            if seen[key] == path:
+                raise ValueError(f"{field}: {path!r} is listed twice")
+            raise ValueError(
+                f"{field}: {seen[key]!r} and {path!r} differ only in case or Unicode "
+                "normalisation; they are the same file on macOS and Windows"
+            )
+        seen[key] = path
+
+
+def build_manifest(artifacts: list[Artifact], files: list[FileDigest]) -> Manifest:
+    """A manifest in canonical order (sorted by path)."""
+    return Manifest(
+        version=MANIFEST_VERSION,
+        artifacts=sorted(artifacts, key=lambda a: a.path),
+        files=sorted(files, key=lambda f: f.path),
+    )
+
+
+def dump_manifest(manifest: Manifest) -> str:
+    """Canonical text: same manifest, same bytes."""
+    data = manifest.model_dump(mode="json")
+    data["artifacts"].sort(key=lambda a: a["path"])
+    data["files"].sort(key=lambda f: f["path"])
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_manifest(manifest: Manifest, path: Path, *, overwrite: bool) -> None:
+    """Write atomically; never replace an existing file unless `overwrite`."""
+    text = dump_manifest(manifest).encode("utf-8")
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            # link() fails if the name exists, so a file created meanwhile is kept.
+            os.link(tmp, path)
+            os.unlink(tmp)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def manifest_schema() -> dict[str, Any]:
+    return Manifest.model_json_schema()
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+def read_manifest_bytes(path: Path) -> bytes:
+    """The manifest's bytes: a regular file, not too large; a FIFO is never opened."""
+    shown = str(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ManifestError(shown, "no such file; create one with 'model-integrity init'") from None
+    except OSError as exc:
+        raise ManifestError(shown, f"cannot read: {exc.strerror or exc}") from None
+
+    if stat.S_ISDIR(st.st_mode):
+        raise ManifestError(shown, "is a directory, not a manifest file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ManifestError(shown, "is not a regular file")
+    if st.st_size > MAX_MANIFEST_BYTES:
+        raise ManifestError(
+            shown,
+            f"is {st.st_size / 2**20:.1f} MiB; a manifest is at most "
+            f"{MAX_MANIFEST_BYTES // 2**20} MiB",
+        )
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ManifestError(shown, f"cannot read: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise ManifestError(shown, "is not a regular file")
+        data = handle.read(MAX_MANIFEST_BYTES + 1)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(shown, f"is larger than {MAX_MANIFEST_BYTES // 2**20} MiB")
+    return data
+
+
+def parse_manifest(data: bytes, shown: str) -> Manifest:
+    """Validate manifest bytes; every problem is a ManifestError with one line."""
+    if not data.strip():
+        raise ManifestError(shown, "is empty; create one with 'model-integrity init'")
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            shown, f"is not UTF-8 text (invalid byte at offset {exc.start}); not a manifest"
+        ) from None
+    try:
+        raw = json.loads(
+            text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant
+        )
+    except json.JSONDecodeError as exc:
+        raise ManifestError(
+            shown, f"line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
+        ) from None
+    except ValueError as exc:
+        raise ManifestError(shown, f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise ManifestError(shown, "invalid JSON: nested too deeply") from None
+    if not isinstance(raw, dict):
+        raise ManifestError(shown, f"must be a JSON object, found {type(raw).__name__}")
+    version = raw.get("version")
+    if "version" in raw and version != MANIFEST_VERSION and isinstance(version, int):
+        raise ManifestError(
+            shown,
+            f"manifest version {version} is not supported by this model-integrity "
+            f"(supports version {MANIFEST_VERSION})",
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise ManifestError(shown, describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    location = _format_location(first["loc"])
+    message = first["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif first["type"] == "missing":
+        message = "required field is missing"
+    elif first["type"] == "string_pattern_mismatch" and location.endswith(".sha256"):
+        message = "must be 64 lowercase hexadecimal characters"
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    where = f"{location}: " if location else ""
+    return f"{where}{message}{more}"
+
+
+def _format_location(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Load and validate a manifest, including that no path leaves its folder.
+
+    Only link targets are read before this returns; no artifact content is.
+    """
+    manifest = parse_manifest(read_manifest_bytes(path), str(path))
+    root = manifest_root(path)
+    # Below an artifact's own path, symlinks are the artifact's content: the
+    # digests check reports them. Above it, they move the whole artifact.
+    for candidate in [a.path for a in manifest.artifacts]:
+        link = escapes_root(root, candidate)
+        if link:
+            raise ManifestError(
+                str(path),
+                f"path {candidate!r} resolves outside the manifest's folder "
+                f"through the symlink {link!r}",
+            )
+    return manifest
+
+
+def manifest_root(path: Path) -> Path:
+    """The folder manifest paths are relative to."""
+    return Path(os.path.abspath(path)).parent
