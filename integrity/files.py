@@ -170,6 +170,30 @@ def _walk(dir_fd: int, prefix: str, found: list[str]) -> None:
             found.append(child)
 
 
+def lstat_path(root_fd: int, path: str) -> os.stat_result:
+    """lstat of manifest path `path` beneath root, its folders walked without following
+    symlinks. Raises PathProblem (kind `missing`, `symlink`, ... naming the component)."""
+    parts = path.split("/")
+    parent = _open_parent(root_fd, parts)
+    try:
+        return os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        raise PathProblem("missing", path, "is missing") from None
+    except OSError as exc:
+        raise PathProblem("unreadable", path, f"cannot read: {exc.strerror}") from None
+    finally:
+        os.close(parent)
+
+
+def display_name(name: str) -> str:
+    """A name read from disk as printable, encodable text: bytes that are not UTF-8
+    (kept by Python as lone surrogates) are shown as `\\xNN` escapes."""
+    try:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    except UnicodeError:
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def entry_mode(root_fd: int, path: str) -> int | None:
     """lstat mode of manifest path `path` beneath root, or None when it or a parent is missing."""
     parts = path.split("/")
@@ -188,9 +212,13 @@ def entry_mode(root_fd: int, path: str) -> int | None:
 def list_names(root_fd: int, directory: str) -> set[str] | None:
     """Exact names in manifest folder `directory` ("" for the root); None if unreadable."""
     try:
-        if not directory:
-            return set(os.listdir(root_fd))
-        fd = _open_parent(root_fd, [*directory.split("/"), "_"])
+        # A fresh descriptor: listdir on a shared one would share its read offset.
+        parts = directory.split("/") if directory else []
+        fd = (
+            _open_parent(root_fd, [*parts, "_"])
+            if parts
+            else os.open(".", os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC, dir_fd=root_fd)
+        )
     except (PathProblem, OSError):
         return None
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -19,9 +20,11 @@ from integrity.checks import CheckContext, CheckIncomplete, CheckOutcome
 from integrity.files import (
     PathProblem,
     describe_mode,
+    display_name,
     entry_mode,
     list_directory,
     list_names,
+    lstat_path,
     open_regular,
     open_root,
 )
@@ -65,17 +68,22 @@ class DigestsCheck:
         recorded = {f.path: f for f in manifest.files}
         manifest_rel = _relative_to_root(context)
         broken_dirs: list[str] = []
+        names = _NameIndex(root_fd)
 
         for artifact in manifest.artifacts:
             if artifact.type != "directory":
                 continue
-            problem = _directory_problem(root_fd, artifact.path)
+            problem = _directory_problem(root_fd, artifact.path, names)
             if problem is not None:
                 findings.append(problem)
                 broken_dirs.append(artifact.path)
                 continue
             try:
                 present = list_directory(root_fd, artifact.path)
+            except PathProblem as problem:  # changed between the lstat and the listing
+                findings.append(_unreadable(artifact.path, f"cannot list folder: {problem}"))
+                broken_dirs.append(artifact.path)
+                continue
             except OSError as exc:
                 findings.append(_unreadable(artifact.path, f"cannot list folder: {exc.strerror}"))
                 broken_dirs.append(artifact.path)
@@ -86,7 +94,6 @@ class DigestsCheck:
 
         to_hash = [f for f in manifest.files if not any(is_within(f.path, d) for d in broken_dirs)]
         total = sum(f.size for f in to_hash)
-        names = _NameIndex(root_fd)
         with Progress("digests", total, enabled=context.show_progress) as progress:
 
             def verify(entry: FileDigest) -> _FileResult:
@@ -122,11 +129,13 @@ class _NameIndex:
     def __init__(self, root_fd: int) -> None:
         self._root_fd = root_fd
         self._cache: dict[str, set[str] | None] = {}
+        self._lock = threading.Lock()
 
     def names(self, directory: str) -> set[str] | None:
-        if directory not in self._cache:
-            self._cache[directory] = list_names(self._root_fd, directory)
-        return self._cache[directory]
+        with self._lock:  # hashing threads share the index
+            if directory not in self._cache:
+                self._cache[directory] = list_names(self._root_fd, directory)
+            return self._cache[directory]
 
     def lookalike(self, path: str) -> str | None:
         """A sibling whose name differs from `path`'s only in case or normalisation."""
@@ -135,7 +144,8 @@ class _NameIndex:
         key = collision_key(name)
         for other in sorted(names):
             if other != name and collision_key(other) == key:
-                return f"{directory}/{other}" if directory else other
+                shown = display_name(other)
+                return f"{directory}/{shown}" if directory else shown
         return None
 
 
@@ -146,7 +156,7 @@ def _verify_file(
     try:
         fd, st = open_regular(root_fd, path)
     except PathProblem as problem:
-        return _problem_finding(problem, names)
+        return _problem_finding(problem, names, path)
     try:
         directory, _, name = path.rpartition("/")
         listing = names.names(directory)
@@ -197,28 +207,33 @@ def _verify_file(
         os.close(fd)
 
 
-def _problem_finding(problem: PathProblem, names: _NameIndex) -> Finding:
-    message = f"{problem.where}: {problem.detail}"
+def _problem_finding(problem: PathProblem, names: _NameIndex, path: str) -> Finding:
+    """The finding for recorded `path`, which could not be opened because of
+    `problem` (at `path` itself or at one of the folders leading to it)."""
+    code = _PROBLEM_CODES.get(problem.kind, "unreadable")
+    if problem.where == path:
+        message = f"{path}: {problem.detail}"
+    else:
+        message = f"{path}: {problem.detail} ('{problem.where}')"
     if problem.kind == "missing":
         other = names.lookalike(problem.where)
         if other:
+            # Same finding whatever the filesystem: on a case-insensitive one the
+            # open succeeds and `_verify_file` reports `renamed` from the listing.
+            code = "renamed"
             message += (
-                f"; found {other!r}, whose name differs only in case or Unicode normalisation"
+                f"; found '{other}', whose name differs only in case or Unicode normalisation"
             )
-    return Finding(
-        level="error",
-        code=_PROBLEM_CODES.get(problem.kind, "unreadable"),
-        message=message,
-        path=problem.where,
-    )
+    return Finding(level="error", code=code, message=message, path=path)
 
 
-def _directory_problem(root_fd: int, path: str) -> Finding | None:
-    mode = entry_mode(root_fd, path)
-    if mode is None:
-        return Finding(
-            level="error", code="missing", message=f"{path}: recorded folder is missing", path=path
-        )
+def _directory_problem(root_fd: int, path: str, names: _NameIndex) -> Finding | None:
+    try:
+        mode = lstat_path(root_fd, path).st_mode
+    except PathProblem as problem:
+        if problem.kind == "missing" and problem.where == path:
+            problem = PathProblem("missing", path, "recorded folder is missing")
+        return _problem_finding(problem, names, path)
     if stat.S_ISDIR(mode):
         return None
     if stat.S_ISLNK(mode):
@@ -241,11 +256,12 @@ def _added(root_fd: int, path: str) -> Finding:
     what = "file"
     if mode is not None and not stat.S_ISREG(mode):
         what = describe_mode(mode).removeprefix("a ").removeprefix("an ")
+    shown = display_name(path)
     return Finding(
         level="error",
         code="added",
-        message=f"{path}: {what} added inside a recorded folder; it is not in the manifest",
-        path=path,
+        message=f"{shown}: {what} added inside a recorded folder; it is not in the manifest",
+        path=shown,
     )
 
 

@@ -56,10 +56,10 @@ def run_diff(args: argparse.Namespace) -> int:
     old = load_manifest(Path(args.old))
     new = load_manifest(Path(args.new))
     result = diff_manifests(old, new)
-    from integrity.render.console import printable
+    from integrity.render.console import printable, write_text
 
     if not result.lines:
-        print("no differences")
+        write_text(sys.stdout, "no differences\n")
         return 0
-    sys.stdout.write("".join(printable(line) + "\n" for line in result.lines))
+    write_text(sys.stdout, "".join(printable(line) + "\n" for line in result.lines))
     return 1

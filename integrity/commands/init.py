@@ -114,6 +114,10 @@ def run_init(args: argparse.Namespace) -> int:
 
     artifacts = collect_artifacts(root, args.model, args.artifact)
     manifest_rel = manifest_path.name
+    for artifact in artifacts:
+        if artifact.path == manifest_rel:
+            # Its recorded digest would be stale the moment it is written.
+            raise UserError(f"{manifest_path}: is the manifest; it cannot record itself")
     root_fd = open_root(root)
     try:
         # The manifest and its temporary files never record themselves.

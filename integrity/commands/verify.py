@@ -10,7 +10,8 @@ from pathlib import Path
 
 from integrity.checks import CheckContext, CheckIncomplete, registry
 from integrity.errors import UserError
-from integrity.manifest import load_manifest, manifest_root
+from integrity.manifest import Manifest, load_manifest, manifest_root
+from integrity.paths import is_within
 from integrity.report import CheckResult, Report, overall_status, status_from_findings
 
 
@@ -32,11 +33,14 @@ def run_checks(
     skip: list[str] | None = None,
     *,
     show_progress: bool = True,
+    manifest: Manifest | None = None,
 ) -> Report:
+    """Run the selected checks; `manifest`, when given, is `manifest_path` already loaded."""
     started = time.monotonic()
     checks = registry()
     selected = select_checks(list(checks), only, skip)
-    manifest = load_manifest(manifest_path)
+    if manifest is None:
+        manifest = load_manifest(manifest_path)
     context = CheckContext(
         manifest_path=manifest_path, root=manifest_root(manifest_path), show_progress=show_progress
     )
@@ -77,22 +81,31 @@ def run_checks(
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from integrity.render.console import render_console
+    from integrity.render.console import render_console, write_text
     from integrity.render.json_report import write_json_report
 
     manifest_path = Path(args.manifest)
     outputs = [Path(p) for p in [args.json] if p]
+    select_checks(list(registry()), args.only, args.skip)  # usage errors first
     _refuse_clobbering(outputs, manifest_path)
-    report = run_checks(manifest_path, args.only, args.skip, show_progress=not args.no_progress)
+    manifest = load_manifest(manifest_path)
+    _refuse_writing_artifacts(outputs, manifest, manifest_root(manifest_path))
+    report = run_checks(
+        manifest_path,
+        args.only,
+        args.skip,
+        show_progress=not args.no_progress,
+        manifest=manifest,
+    )
     if args.json:
         write_json_report(report, Path(args.json))
-    sys.stdout.write(render_console(report, color=_use_color(sys.stdout)))
-    sys.stdout.flush()
+    write_text(sys.stdout, render_console(report, color=_use_color(sys.stdout)))
     return 0 if report.status == "pass" else 1
 
 
 def _refuse_clobbering(outputs: list[Path], manifest_path: Path) -> None:
-    """A report never overwrites the manifest (a user's file) or another report."""
+    """A report never overwrites the manifest (a user's file) or another report,
+    and its folder must exist (found out before the checks run, not after)."""
     seen: set[str] = set()
     manifest_real = os.path.realpath(manifest_path)
     for output in outputs:
@@ -103,7 +116,31 @@ def _refuse_clobbering(outputs: list[Path], manifest_path: Path) -> None:
             raise UserError(f"{output}: named for two reports")
         if os.path.isdir(output):
             raise UserError(f"{output}: is a directory; give a file path for the report")
+        if not os.path.isdir(os.path.dirname(real)):
+            raise UserError(f"{output}: folder {os.path.dirname(real)} does not exist")
         seen.add(real)
+
+
+def _refuse_writing_artifacts(outputs: list[Path], manifest: Manifest, root: Path) -> None:
+    """A report never overwrites a recorded artifact (the model itself) nor lands
+    inside a recorded folder (the next run would find it there as an added file)."""
+    root_real = os.path.realpath(root)
+    for output in outputs:
+        real = os.path.realpath(output)
+        if real != root_real and not real.startswith(root_real + os.sep):
+            continue
+        relative = os.path.relpath(real, root_real).replace(os.sep, "/")
+        for artifact in manifest.artifacts:
+            if relative == artifact.path:
+                raise UserError(
+                    f"{output}: is the recorded artifact {artifact.path!r}; "
+                    "write the report somewhere else"
+                )
+            if artifact.type == "directory" and is_within(relative, artifact.path):
+                raise UserError(
+                    f"{output}: is inside the recorded folder {artifact.path!r}; "
+                    "write the report somewhere else"
+                )
 
 
 def _use_color(stream: object) -> bool:
