@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.command is None:
-        build_parser().print_help()
+        build_parser().print_help(sys.stderr)
         return EXIT_USAGE
     if args.command == "init":
         from integrity.commands.init import run_init
@@ -155,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _error(message: str) -> None:
-    # One line, whatever the message holds (file names may contain newlines).
-    line = message.replace("\r", "\\r").replace("\n", "\\n")
-    print(f"{PROG}: error: {line}", file=sys.stderr)
+    # One line, whatever the message holds: file names may hold newlines or
+    # escape sequences, which must neither split the line nor drive a terminal.
+    from integrity.text import printable, write_text
+
+    write_text(sys.stderr, f"{PROG}: error: {printable(message)}\n")

@@ -56,7 +56,7 @@ def run_diff(args: argparse.Namespace) -> int:
     old = load_manifest(Path(args.old))
     new = load_manifest(Path(args.new))
     result = diff_manifests(old, new)
-    from integrity.render.console import printable, write_text
+    from integrity.text import printable, write_text
 
     if not result.lines:
         write_text(sys.stdout, "no differences\n")

@@ -24,7 +24,11 @@ def select_checks(known: list[str], only: list[str] | None, skip: list[str] | No
                     f"{option}: unknown check {check_id!r} (available: {', '.join(known)})"
                 )
     selected = [c for c in known if (only is None or c in only)]
-    return [c for c in selected if c not in (skip or [])]
+    selected = [c for c in selected if c not in (skip or [])]
+    if not selected:
+        # An integrity tool never passes having checked nothing.
+        raise UserError("--only/--skip leave no check to run")
+    return selected
 
 
 def run_checks(
@@ -81,8 +85,9 @@ def run_checks(
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from integrity.render.console import render_console, write_text
+    from integrity.render.console import render_console
     from integrity.render.json_report import write_json_report
+    from integrity.text import write_text
 
     manifest_path = Path(args.manifest)
     outputs = [Path(p) for p in [args.json] if p]

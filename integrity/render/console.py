@@ -7,33 +7,11 @@ the terminal or forge log lines.
 
 from __future__ import annotations
 
-import re
-from typing import TextIO
-
 from integrity.report import CheckResult, Report
+from integrity.text import printable
 
-# C0/C1 controls, Unicode line/paragraph separators (line breaks to many log
-# viewers), bidirectional overrides (text that displays reordered) and lone
-# surrogates (undecodable bytes in a file name; they cannot even be encoded).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 _STYLE = {"pass": "32", "fail": "31", "error": "31", "warn": "33", "skip": "2"}
 _LEVEL_STYLE = {"error": "31", "warning": "33", "notice": "36"}
-
-
-def printable(text: str) -> str:
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
-
-
-def write_text(stream: TextIO, text: str) -> None:
-    """Write `text` whatever the stream's encoding: characters it cannot encode
-    (an ASCII or cp1252 console, a file name in another script) are escaped
-    rather than ending the run."""
-    try:
-        stream.write(text)
-    except UnicodeEncodeError:
-        encoding = getattr(stream, "encoding", None) or "utf-8"
-        stream.write(text.encode(encoding, "backslashreplace").decode(encoding, "replace"))
-    stream.flush()
 
 
 def _paint(text: str, code: str, color: bool) -> str:
