@@ -13,10 +13,19 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from integrity.errors import ManifestError
 from integrity.paths import collision_key, escapes_root, is_within, manifest_path_problem
@@ -72,10 +81,19 @@ class Manifest(_Strict):
     artifacts: list[Artifact] = Field(min_length=1)
     files: list[FileDigest]
 
+    @field_validator("version", mode="before")
+    @classmethod
+    def _integer_version(cls, value: object) -> object:
+        # Literal[1] alone, even strict, lets `true` and `1.0` through as 1.
+        if type(value) is not int:
+            raise ValueError(f"must be the integer {MANIFEST_VERSION}")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
         _no_duplicates("artifacts", [a.path for a in self.artifacts])
         _no_duplicates("files", [f.path for f in self.files])
+        _one_spelling([a.path for a in self.artifacts] + [f.path for f in self.files])
         if not any(a.role == "model" for a in self.artifacts):
             raise ValueError("artifacts: no artifact has role 'model'")
         files = {f.path for f in self.files}
@@ -85,10 +103,14 @@ class Manifest(_Strict):
                 raise ValueError(f"artifacts: file {artifact.path!r} has no entry in files")
             if artifact.type == "directory" and artifact.path in files:
                 raise ValueError(f"artifacts: {artifact.path!r} is a directory and a file")
+        # A recorded file cannot also be a folder holding other recorded paths.
+        for path in [f.path for f in self.files] + directories:
+            for folder in _ancestors(path):
+                if folder in files:
+                    raise ValueError(f"{path!r} is inside {folder!r}, which is recorded as a file")
+        file_artifacts = {a.path for a in self.artifacts if a.type == "file"}
         for path in files:
-            if path not in {a.path for a in self.artifacts if a.type == "file"} and not any(
-                is_within(path, d) for d in directories
-            ):
+            if path not in file_artifacts and not any(is_within(path, d) for d in directories):
                 raise ValueError(f"files: {path!r} is not inside any recorded artifact")
         return self
 
@@ -114,6 +136,28 @@ def _no_duplicates(field: str, paths: list[str]) -> None:
                 "normalisation; they are the same file on macOS and Windows"
             )
         seen[key] = path
+
+
+def _ancestors(path: str) -> Iterator[str]:
+    """The folders leading to `path`: 'a/b/c' gives 'a' and 'a/b'."""
+    end = path.find("/")
+    while end != -1:
+        yield path[:end]
+        end = path.find("/", end + 1)
+
+
+def _one_spelling(paths: list[str]) -> None:
+    """Each file and folder is spelled one way: 'Data/a' and 'data/b' would be
+    two folders on Linux but one on macOS and Windows."""
+    spelled: dict[str, str] = {}
+    for path in paths:
+        for name in (*_ancestors(path), path):
+            other = spelled.setdefault(collision_key(name), name)
+            if other != name:
+                raise ValueError(
+                    f"{other!r} and {name!r} differ only in case or Unicode "
+                    "normalisation; they are the same name on macOS and Windows"
+                )
 
 
 def build_manifest(artifacts: list[Artifact], files: list[FileDigest]) -> Manifest:
@@ -157,7 +201,10 @@ def write_manifest(manifest: Manifest, path: Path, *, overwrite: bool) -> None:
 
 
 def manifest_schema() -> dict[str, Any]:
-    return Manifest.model_json_schema()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **Manifest.model_json_schema(),
+    }
 
 
 # ---------------------------------------------------------------- loading
@@ -174,6 +221,18 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a valid JSON number")
+
+
+# No manifest number needs more digits (a size is at most 20); refusing early
+# also avoids Python's own int-conversion limit and its advice to users.
+_MAX_INT_DIGITS = 40
+
+
+def _parse_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > _MAX_INT_DIGITS:
+        raise ValueError(f"a number has {digits} digits; at most {_MAX_INT_DIGITS} are allowed")
+    return int(text)
 
 
 def read_manifest_bytes(path: Path) -> bytes:
@@ -223,7 +282,10 @@ def parse_manifest(data: bytes, shown: str) -> Manifest:
         ) from None
     try:
         raw = json.loads(
-            text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant
+            text,
+            object_pairs_hook=_reject_duplicate_keys,
+            parse_constant=_reject_constant,
+            parse_int=_parse_int,
         )
     except json.JSONDecodeError as exc:
         raise ManifestError(
@@ -234,7 +296,7 @@ def parse_manifest(data: bytes, shown: str) -> Manifest:
     except RecursionError:
         raise ManifestError(shown, "invalid JSON: nested too deeply") from None
     if not isinstance(raw, dict):
-        raise ManifestError(shown, f"must be a JSON object, found {type(raw).__name__}")
+        raise ManifestError(shown, f"must be a JSON object, found {_json_kind(raw)}")
     version = raw.get("version")
     if "version" in raw and version != MANIFEST_VERSION and isinstance(version, int):
         raise ManifestError(
@@ -246,6 +308,20 @@ def parse_manifest(data: bytes, shown: str) -> Manifest:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
         raise ManifestError(shown, describe_validation_error(exc)) from None
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__  # pragma: no cover
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -261,7 +337,8 @@ def describe_validation_error(exc: ValidationError) -> str:
         message = "required field is missing"
     elif first["type"] == "string_pattern_mismatch" and location.endswith(".sha256"):
         message = "must be 64 lowercase hexadecimal characters"
-    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    extra = len(errors) - 1
+    more = f" (and {extra} more problem{'s' if extra != 1 else ''})" if extra else ""
     where = f"{location}: " if location else ""
     return f"{where}{message}{more}"
 
@@ -272,7 +349,10 @@ def _format_location(loc: tuple[int | str, ...]) -> str:
         if isinstance(part, int):
             text += f"[{part}]"
         else:
-            text += f".{part}" if text else str(part)
+            # A field name comes from the manifest: never let it print control
+            # characters or line breaks.
+            name = part if part and part.isprintable() else repr(part)
+            text += f".{name}" if text else name
     return text
 
 

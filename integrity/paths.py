@@ -12,8 +12,10 @@ import os
 import unicodedata
 from pathlib import Path
 
-# Control characters in a name garble terminals, logs and workflow commands.
-_FORBIDDEN_CHARS = {chr(c) for c in range(0x20)} | {"\x7f", "\\"}
+# Control characters (C0, DEL, C1) and line or paragraph separators in a name
+# garble terminals, logs and workflow commands, and break one-line messages.
+_FORBIDDEN_CHARS = {chr(c) for c in range(0x20)} | {chr(c) for c in range(0x7F, 0xA0)}
+_FORBIDDEN_CHARS |= {"\\", "\u2028", "\u2029"}
 
 
 def manifest_path_problem(path: str) -> str | None:
@@ -40,8 +42,14 @@ def manifest_path_problem(path: str) -> str | None:
 
 def collision_key(path: str) -> str:
     """The key under which two names are the same file on a case- and
-    normalisation-insensitive filesystem (macOS, Windows)."""
-    return unicodedata.normalize("NFC", path).casefold()
+    normalisation-insensitive filesystem (macOS, Windows).
+
+    Compare keys only; they are not names. Upper-casing before folding also
+    joins pairs that full case folding alone keeps apart but Windows, which
+    compares upper-cased names, does not ('ı' and 'i' are both 'I').
+    """
+    decomposed = unicodedata.normalize("NFD", path)
+    return unicodedata.normalize("NFD", decomposed.upper().casefold())
 
 
 def to_manifest_path(root: Path, path: Path) -> str:
