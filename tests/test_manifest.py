@@ -380,10 +380,10 @@ def test_unreadable_manifest(
     # chmod 0 does not stop root (CI runs as root): make the open itself fail.
     real_open = os.open
 
-    def refusing_open(path: object, *args: object, **kwargs: object) -> int:
-        if os.fspath(path) == str(manifest):  # type: ignore[arg-type]
+    def refusing_open(path: str | Path, flags: int, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(path) == str(manifest):
             raise PermissionError(13, "Permission denied")
-        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+        return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", refusing_open)
     code, out, err = _verify(manifest, capsys)
