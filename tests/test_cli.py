@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from integrity.cli import main
@@ -502,7 +503,6 @@ def test_schema_is_json_schema_of_the_manifest(
     schema = json.loads(capsys.readouterr().out)
     assert schema["type"] == "object"
     assert {"version", "artifacts", "files"} <= set(schema["properties"])
-    jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(load(repo / MANIFEST), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"version": 1, "files": []}, schema)
