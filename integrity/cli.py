@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", "-c", metavar="FILE", help="verify the digests listed in FILE (sha256sum output)"
     )
 
+    scan = commands.add_parser("scan", help="static safety scan of model files (loads nothing)")
+    scan.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to scan")
+
     diff = commands.add_parser("diff", help="list artifacts added, removed or changed")
     diff.add_argument("old", metavar="OLD_MANIFEST")
     diff.add_argument("new", metavar="NEW_MANIFEST")
@@ -119,6 +122,10 @@ def run(argv: Sequence[str]) -> int:
         from integrity.commands.hash import run_hash
 
         return run_hash(args)
+    if args.command == "scan":
+        from integrity.commands.scan import run_scan
+
+        return run_scan(args)
     if args.command == "diff":
         from integrity.commands.diff import run_diff
 

@@ -72,6 +72,36 @@ class FileDigest(_Strict):
     size: int = Field(ge=0)
 
 
+_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
+
+
+class AllowedGlobal(_Strict):
+    """One exact (module, name) a model of yours needs, with why it is safe to load."""
+
+    module: str = Field(pattern=rf"^{_IDENTIFIER}(\.{_IDENTIFIER})*$", max_length=200)
+    name: str = Field(pattern=rf"^{_IDENTIFIER}$", max_length=200)
+    reason: str = Field(min_length=1, max_length=500)
+
+    @model_validator(mode="after")
+    def _never_dangerous(self) -> AllowedGlobal:
+        from integrity.safety.allowlist import refusal_to_extend
+
+        problem = refusal_to_extend(self.module, self.name)
+        if problem:
+            raise ValueError(f"safety.allow: {self.module}.{self.name} {problem}")
+        return self
+
+
+class SafetyPolicy(_Strict):
+    """How model files are judged safe to load."""
+
+    allow: list[AllowedGlobal] = Field(
+        default_factory=list,
+        description="Globals allowed besides the built-in allow-list (your own classes), "
+        "each with a reason; they are shown in every report.",
+    )
+
+
 class Manifest(_Strict):
     """model-integrity manifest: what the committed artifacts are, byte for byte."""
 
@@ -80,6 +110,7 @@ class Manifest(_Strict):
     version: Literal[1] = Field(description="Manifest format version.")
     artifacts: list[Artifact] = Field(min_length=1)
     files: list[FileDigest]
+    safety: SafetyPolicy | None = None
 
     @field_validator("version", mode="before")
     @classmethod
@@ -93,6 +124,10 @@ class Manifest(_Strict):
     def _consistent(self) -> Manifest:
         _no_duplicates("artifacts", [a.path for a in self.artifacts])
         _no_duplicates("files", [f.path for f in self.files])
+        if self.safety is not None:
+            pairs = [(g.module, g.name) for g in self.safety.allow]
+            if len(set(pairs)) != len(pairs):
+                raise ValueError("safety.allow: an entry is listed twice")
         _one_spelling([a.path for a in self.artifacts] + [f.path for f in self.files])
         if not any(a.role == "model" for a in self.artifacts):
             raise ValueError("artifacts: no artifact has role 'model'")
@@ -171,9 +206,11 @@ def build_manifest(artifacts: list[Artifact], files: list[FileDigest]) -> Manife
 
 def dump_manifest(manifest: Manifest) -> str:
     """Canonical text: same manifest, same bytes."""
-    data = manifest.model_dump(mode="json")
+    data = manifest.model_dump(mode="json", exclude_none=True)
     data["artifacts"].sort(key=lambda a: a["path"])
     data["files"].sort(key=lambda f: f["path"])
+    if "safety" in data:
+        data["safety"]["allow"].sort(key=lambda g: (g["module"], g["name"]))
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 

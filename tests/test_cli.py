@@ -261,7 +261,7 @@ def test_verify_skipping_every_check_is_not_a_pass(
 ) -> None:
     # An integrity tool never passes having checked nothing.
     report_path = tmp_path / "report.json"
-    assert verify(repo, "--skip", "digests", "--json", str(report_path)) == 2
+    assert verify(repo, "--skip", "digests,safety", "--json", str(report_path)) == 2
     assert "no check" in one_error_line(capsys.readouterr().err)
     assert not report_path.exists()
 

@@ -28,7 +28,8 @@ def test_example_as_committed_passes(tmp_path: Path) -> None:
     assert code == 0
     data = json.loads(report.read_text())
     assert data["status"] == "pass"
-    assert [c["id"] for c in data["checks"]] == ["digests"]
+    assert [c["id"] for c in data["checks"]] == ["digests", "safety"]
+    assert all(c["status"] == "pass" for c in data["checks"])
 
 
 def test_example_manifest_is_canonical() -> None:

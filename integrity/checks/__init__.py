@@ -50,6 +50,7 @@ def registry() -> dict[str, type[Check]]:
     """Every implemented check, in the order they run. Imported lazily: each
     check imports only what it needs, when it runs."""
     from integrity.checks.digests import DigestsCheck
+    from integrity.checks.safety import SafetyCheck
 
-    checks: list[type[Check]] = [DigestsCheck]
+    checks: list[type[Check]] = [DigestsCheck, SafetyCheck]
     return {check.id: check for check in checks}

@@ -1,0 +1,144 @@
+"""The only way this project loads a model: scan first, then unpickle with the same allow-list.
+
+Defence in depth: even if the scanner had a bug, the unpickler's `find_class`
+refuses every global the allow-list refuses, so a malicious file fails to load
+instead of running. Scanner and loader read the same open file through the
+same decoder (`integrity.safety.streams`), so they see the same bytes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import pickle
+import stat
+from pathlib import Path
+from typing import Any
+
+from integrity.safety.allowlist import AllowList
+from integrity.safety.pickle_vm import python3_name
+from integrity.safety.scanner import ScanResult, detect_format, scan_fd
+from integrity.safety.streams import DecompressingSource, FileSource, Source, StreamError
+
+
+class UnsafeModelError(Exception):
+    """The file did not pass the safety scan, or the loader met a refused global."""
+
+    def __init__(self, message: str, scan: ScanResult | None = None) -> None:
+        super().__init__(message)
+        self.scan = scan
+
+
+class _SourceFile:
+    """A Source as the read/readline file object the unpickler wants."""
+
+    def __init__(self, source: Source) -> None:
+        self._source = source
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            raise UnsafeModelError("the loader tried to read a whole stream at once")
+        return self._source.read(n)
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self._source.readline(limit if limit > 0 else 1 << 20)
+
+
+def _restricted_find_class(allowlist: AllowList, proto: int, module: str, name: str) -> None:
+    # Checked under the name find_class will import (after Python 2 mapping).
+    module, name = python3_name(proto, module, name)
+    verdict = allowlist.verdict(module, name)
+    if not verdict.allowed:
+        raise UnsafeModelError(f"refused to load global {module}.{name}: {verdict.description}")
+
+
+def _unpickler_classes(allowlist: AllowList) -> tuple[type[Any], type[Any]]:
+    """(plain restricted unpickler, joblib-aware restricted unpickler)."""
+    from joblib.numpy_pickle import NumpyArrayWrapper, NumpyUnpickler
+
+    class RestrictedUnpickler(pickle._Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            _restricted_find_class(allowlist, getattr(self, "proto", 0), module, name)
+            return super().find_class(module, name)
+
+        def persistent_load(self, pid: Any) -> Any:
+            raise UnsafeModelError("refused a persistent id")
+
+    class RestrictedArrayWrapper(NumpyArrayWrapper):  # type: ignore[misc]
+        """joblib's wrapper, but a nested object array goes through the restricted
+        unpickler (older joblib versions used a plain pickle.load there)."""
+
+        def read_array(self, unpickler: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.dtype.hasobject:
+                return RestrictedUnpickler(unpickler.file_handle).load()
+            return super().read_array(unpickler, *args, **kwargs)
+
+    class RestrictedNumpyUnpickler(NumpyUnpickler):  # type: ignore[misc]
+        def find_class(self, module: str, name: str) -> Any:
+            _restricted_find_class(allowlist, self.proto, module, name)
+            if python3_name(self.proto, module, name) == (
+                "joblib.numpy_pickle",
+                "NumpyArrayWrapper",
+            ):
+                return RestrictedArrayWrapper
+            return super().find_class(module, name)
+
+        def persistent_load(self, pid: Any) -> Any:
+            raise UnsafeModelError("refused a persistent id")
+
+    return RestrictedUnpickler, RestrictedNumpyUnpickler
+
+
+def _open_regular(path: Path) -> int:
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafeModelError(f"{path}: not a regular file")
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafeModelError(f"{path}: changed while being opened")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def load_model(path: Path, allowlist: AllowList | None = None) -> Any:
+    """Scan `path`, then load it with the restricted unpickler. Raises UnsafeModelError."""
+    allowlist = allowlist or AllowList()
+    fd = _open_regular(path)
+    try:
+        scan = scan_fd(fd, str(path), allowlist)
+        if not scan.safe:
+            first = scan.findings[0]
+            raise UnsafeModelError(f"{path}: unsafe: {first.message}", scan)
+        fmt = detect_format(os.pread(fd, 8, 0))
+        size = os.fstat(fd).st_size
+        if fmt == "pickle":
+            source: Source = FileSource(fd, size)
+        elif fmt.startswith("joblib-") and fmt != "joblib-legacy":
+            source = DecompressingSource(fd, size, fmt.removeprefix("joblib-"))
+        elif scan.format == "skops":
+            return _load_skops(path, allowlist)
+        else:
+            raise UnsafeModelError(f"{path}: {scan.format} files are not loadable models")
+        _, joblib_unpickler = _unpickler_classes(allowlist)
+        kwargs: dict[str, Any] = {}
+        if "ensure_native_byte_order" in inspect.signature(joblib_unpickler.__init__).parameters:
+            kwargs["ensure_native_byte_order"] = True
+        unpickler = joblib_unpickler(str(path), _SourceFile(source), **kwargs)
+        try:
+            return unpickler.load()
+        except StreamError as exc:
+            raise UnsafeModelError(f"{path}: {exc}") from None
+    finally:
+        os.close(fd)
+
+
+def _load_skops(path: Path, allowlist: AllowList) -> Any:
+    from skops.io import get_untrusted_types, load
+
+    untrusted = get_untrusted_types(file=str(path))
+    for name in untrusted:
+        module, _, attr = name.rpartition(".")
+        if not allowlist.verdict(module, attr).allowed:
+            raise UnsafeModelError(f"{path}: refused skops type {name}")
+    return load(str(path), trusted=untrusted)

@@ -1,0 +1,383 @@
+"""The static safety scan: is a model file safe to load? Nothing is imported or loaded.
+
+Formats are recognised by content, the way the loader will see them:
+- pickle (protocols 0-5), and joblib files with raw array data;
+- joblib files compressed with zlib, gzip, bz2, xz, lzma or lz4 (joblib's own
+  magic-byte detection, streamed and bounded);
+- `.npy` (an object array holds a pickle) and zip archives (`.npz`, skops).
+A file in an executable format that cannot be followed to its end is unsafe.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from integrity.safety.allowlist import AllowList
+from integrity.safety.arrays import read_joblib_array
+from integrity.safety.pickle_vm import GlobalUse, PickleError, PickleMachine
+from integrity.safety.streams import (
+    MAX_RATIO,
+    MIN_BOUND,
+    DecompressingSource,
+    FileSource,
+    Source,
+    StreamError,
+)
+
+MAX_FINDINGS = 50
+JOBLIB_WRAPPER_NAME = ("joblib.numpy_pickle", "NumpyArrayWrapper")
+# joblib's compressor magic bytes, in joblib's own detection order.
+COMPRESSION_PREFIXES: list[tuple[str, bytes]] = [
+    ("zlib", b"\x78"),
+    ("gzip", b"\x1f\x8b"),
+    ("bz2", b"BZ"),
+    ("lzma", b"\x5d\x00"),
+    ("xz", b"\xfd\x37\x7a\x58\x5a"),
+    ("lz4", b"\x04\x22\x4d\x18"),
+]
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+JOBLIB_LEGACY_PREFIX = b"ZF"
+MAX_NPY_HEADER = 1 << 20
+MAX_ZIP_MEMBERS = 10_000
+
+
+@dataclass(frozen=True)
+class ScanFinding:
+    code: str
+    message: str
+    offset: int | None = None
+    global_name: str | None = None
+    member: str | None = None  # inside an archive
+    in_decompressed: bool = False  # offset counts decompressed bytes
+
+    @property
+    def where(self) -> str:
+        """Where in the file, in words: 'byte 12', 'decompressed byte 12', ''."""
+        if self.offset is None:
+            return ""
+        return f"{'decompressed ' if self.in_decompressed else ''}byte {self.offset}"
+
+
+@dataclass
+class ScanResult:
+    path: str
+    format: str
+    findings: list[ScanFinding] = field(default_factory=list)
+    globals_used: list[GlobalUse] = field(default_factory=list)
+    extended: dict[str, str] = field(default_factory=dict)  # user allow-list entries used
+
+    @property
+    def safe(self) -> bool:
+        return not self.findings
+
+
+def detect_format(head: bytes) -> str:
+    """What the loader will take the file for, from its first bytes."""
+    if head.startswith(NPY_MAGIC):
+        return "npy"
+    if head.startswith(ZIP_MAGICS):
+        return "zip"
+    if head.startswith(JOBLIB_LEGACY_PREFIX):
+        return "joblib-legacy"
+    for method, prefix in COMPRESSION_PREFIXES:
+        if head.startswith(prefix):
+            return f"joblib-{method}"
+    return "pickle"
+
+
+class _Scan:
+    """State of one file's scan: findings and the globals it resolved."""
+
+    def __init__(self, result: ScanResult, allowlist: AllowList) -> None:
+        self.result = result
+        self.allowlist = allowlist
+        self.member: str | None = None
+        self.decompressed = False
+        self._reported: set[str] = set()
+
+    def add(
+        self, code: str, message: str, offset: int | None = None, name: str | None = None
+    ) -> None:
+        if name is not None:
+            if name in self._reported:
+                return  # each refused global once, at its first use
+            self._reported.add(name)
+        if len(self.result.findings) < MAX_FINDINGS:
+            self.result.findings.append(
+                ScanFinding(code, message, offset, name, self.member, self.decompressed)
+            )
+
+    def check_global(self, use: GlobalUse) -> None:
+        verdict = self.allowlist.verdict(use.module, use.name)
+        qualified = f"{use.module}.{use.name}"
+        if verdict.allowed:
+            self.result.globals_used.append(use)
+            if verdict.extended_reason is not None:
+                self.result.extended[qualified] = verdict.extended_reason
+            return
+        self.add(verdict.code, f"{qualified}: {verdict.description}", use.offset, qualified)
+
+    def pickle_stream(self, source: Source, *, sniff: bool, trailing_ok: bool = False) -> bool:
+        """Scan one pickle from the source; False if it is not a pickle at all (only
+        when `sniff`: no protocol header and it fails before naming anything)."""
+        start = len(self.result.findings)
+        vm = PickleMachine(source, self.check_global, read_joblib_array)
+        try:
+            vm.run()
+        except PickleError as exc:
+            if (
+                sniff
+                and vm.proto == 0
+                and not self.result.globals_used
+                and (len(self.result.findings) == start)
+            ):
+                return False
+            self.add(exc.code, exc.message, exc.offset)
+            return True
+        except StreamError as exc:
+            self.add("bad-compression", str(exc), source.tell())
+            return True
+        if not trailing_ok:
+            here = source.tell()
+            try:
+                extra = source.read(1)
+            except StreamError as exc:
+                self.add("bad-compression", str(exc), here)
+                return True
+            if extra:
+                self.add(
+                    "trailing-data",
+                    "data follows the pickle's STOP: not a file the scanner can vouch for",
+                    here,
+                )
+        return True
+
+
+def scan_fd(fd: int, display: str, allowlist: AllowList | None = None) -> ScanResult:
+    """Scan an open regular file (the caller proved it is one and closes it)."""
+    allowlist = allowlist or AllowList()
+    size = os.fstat(fd).st_size
+    head = os.pread(fd, 8, 0)
+    fmt = detect_format(head)
+    result = ScanResult(path=display, format=fmt)
+    scan = _Scan(result, allowlist)
+    if size == 0:
+        result.format = "empty"
+        return result
+    if fmt == "joblib-legacy":
+        scan.add(
+            "legacy-joblib",
+            "joblib < 0.9 file format: its loader reads side files named inside it",
+            0,
+        )
+    elif fmt.startswith("joblib-"):
+        method = fmt.removeprefix("joblib-")
+        try:
+            source: Source = DecompressingSource(fd, size, method)
+        except StreamError as exc:
+            scan.add("unscannable", str(exc), 0)
+            return result
+        scan.decompressed = True
+        scan.pickle_stream(source, sniff=False)
+    elif fmt == "npy":
+        _scan_npy(scan, FileSource(fd, size), size)
+    elif fmt == "zip":
+        _scan_zip(scan, fd, display)
+    else:
+        if not scan.pickle_stream(FileSource(fd, size), sniff=head[:1] != b"\x80"):
+            result.format = "not-pickle"
+        elif any((g.module, g.name) == JOBLIB_WRAPPER_NAME for g in result.globals_used):
+            result.format = "joblib"
+    return result
+
+
+def scan_path(path: Path, allowlist: AllowList | None = None) -> ScanResult:
+    """Scan a file by path; symlinks and special files are refused, never opened for read."""
+    import stat
+
+    display = str(path)
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        from integrity.files import describe_mode
+
+        result = ScanResult(path=display, format="none")
+        result.findings.append(
+            ScanFinding("not-a-file", f"is {describe_mode(st.st_mode)}, not a regular file")
+        )
+        return result
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            result = ScanResult(path=display, format="none")
+            result.findings.append(ScanFinding("not-a-file", "changed while being opened"))
+            return result
+        os.set_blocking(fd, True)
+        return scan_fd(fd, display, allowlist)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- npy / zip
+
+
+def _npy_has_object(descr: object, depth: int = 0) -> bool:
+    if depth > 16:
+        raise ValueError("descr nested too deeply")
+    if isinstance(descr, str):
+        kind = descr.lstrip("<>|=")[:1]
+        if not kind:
+            raise ValueError("empty descr")
+        return kind == "O"
+    if isinstance(descr, list):
+        for entry in descr:
+            if not isinstance(entry, tuple) or len(entry) not in (2, 3):
+                raise ValueError("bad structured descr")
+            if _npy_has_object(entry[1], depth + 1):
+                return True
+        return False
+    raise ValueError("descr is neither a string nor a list")
+
+
+def _scan_npy(scan: _Scan, source: Source, size: int) -> None:
+    """`.npy`: a header, then raw data, or a pickle when the dtype holds objects."""
+    preamble = source.read(8)
+    if len(preamble) < 8:
+        scan.add("truncated", ".npy header is truncated", 0)
+        return
+    major = preamble[6]
+    length_bytes = 2 if major == 1 else 4
+    if major not in (1, 2, 3):
+        scan.add("malformed", f".npy format version {major} is unknown", 6)
+        return
+    header_len = int.from_bytes(source.read(length_bytes), "little")
+    if header_len > MAX_NPY_HEADER:
+        scan.add("malformed", ".npy header is implausibly long", 8)
+        return
+    raw = source.read(header_len)
+    try:
+        header = ast.literal_eval(raw.decode("utf-8" if major == 3 else "latin1"))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a dict")
+        has_object = _npy_has_object(header["descr"])
+    except (ValueError, SyntaxError, KeyError, TypeError, MemoryError, RecursionError) as exc:
+        scan.add("malformed", f".npy header cannot be read: {exc}", 8 + length_bytes)
+        return
+    if has_object:
+        # numpy.load(allow_pickle=True) unpickles the rest of the file.
+        scan.pickle_stream(source, sniff=False)
+
+
+def _scan_zip(scan: _Scan, fd: int, display: str) -> None:
+    """`.npz` and other zip archives: every member that can hold a pickle is scanned."""
+    raw = open(fd, "rb", closefd=False)  # noqa: SIM115 - closed with the archive
+    try:
+        archive = zipfile.ZipFile(raw)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        scan.add("malformed", f"zip archive cannot be read: {exc}", 0)
+        return
+    with archive:
+        members = archive.infolist()
+        names = {m.filename for m in members}
+        if "schema.json" in names:
+            scan.result.format = "skops"
+            _scan_skops(scan, display)
+            return
+        scan.result.format = "npz" if all(n.endswith(".npy") for n in names) else "zip"
+        if len(members) > MAX_ZIP_MEMBERS:
+            scan.add("malformed", "zip archive has too many members", 0)
+            return
+        for member in members:
+            if member.is_dir():
+                continue
+            scan.member = member.filename
+            if member.file_size > max(MIN_BOUND, member.compress_size * MAX_RATIO):
+                scan.add("decompression-bomb", "zip member expands beyond the bound", None)
+                continue
+            try:
+                with archive.open(member) as stream:
+                    head = stream.read(8)
+                    source = _ZipMemberSource(stream, head)
+                    if head.startswith(NPY_MAGIC):
+                        _scan_npy(scan, source, member.file_size)
+                    elif head[:1] == b"\x80" or member.filename.endswith((".pkl", ".pickle")):
+                        scan.pickle_stream(source, sniff=head[:1] != b"\x80")
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+                scan.add("malformed", f"zip member cannot be read: {exc}", None)
+        scan.member = None
+
+
+class _ZipMemberSource:
+    """A zip member as a Source (zipfile decompresses in bounded chunks and
+    refuses members larger than their declared size)."""
+
+    def __init__(self, stream: IO[bytes], head: bytes) -> None:
+        self._stream = stream
+        self._buffer = head
+        self._pos = 0
+        self._offset = 0
+
+    def _take(self, n: int) -> bytes:
+        out = self._buffer[self._pos : self._pos + n]
+        self._pos += len(out)
+        if len(out) < n:
+            out += self._stream.read(n - len(out))
+        self._offset += len(out)
+        return out
+
+    def read(self, n: int) -> bytes:
+        return self._take(n)
+
+    def readline(self, limit: int) -> bytes:
+        line = b""
+        while len(line) < limit:
+            ch = self._take(1)
+            if not ch:
+                break
+            line += ch
+            if ch == b"\n":
+                break
+        return line
+
+    def skip(self, n: int) -> int:
+        skipped = 0
+        while skipped < n:
+            chunk = self._take(min(n - skipped, 1 << 20))
+            if not chunk:
+                break
+            skipped += len(chunk)
+        return skipped
+
+    def tell(self) -> int:
+        return self._offset
+
+
+def _scan_skops(scan: _Scan, display: str) -> None:
+    """skops files: skops' own audit lists the types it does not trust."""
+    try:
+        from skops.io import get_untrusted_types
+    except ImportError:
+        scan.add(
+            "unscannable",
+            "skops file, but skops is not installed to audit it (pip install skops)",
+            0,
+        )
+        return
+    try:
+        untrusted = get_untrusted_types(file=display)
+    except Exception as exc:  # skops raises many kinds on a corrupt file
+        scan.add("malformed", f"skops cannot read the file: {type(exc).__name__}: {exc}", 0)
+        return
+    for name in untrusted:
+        module, _, attr = name.rpartition(".")
+        verdict = scan.allowlist.verdict(module, attr)
+        if verdict.allowed:
+            if verdict.extended_reason is not None:
+                scan.result.extended[name] = verdict.extended_reason
+            continue
+        scan.add("untrusted-type", f"{name}: {verdict.description}", None, name)
