@@ -18,7 +18,8 @@ from integrity.safety.pickle_vm import Global, Obj, Opaque, PickleMachine, SDict
 MAX_NESTING = 8
 NUMPY_DTYPE = Global("numpy", "dtype")
 _WRAPPER_KEYS = {"subclass", "shape", "order", "dtype", "allow_mmap", "numpy_array_alignment_bytes"}
-_SPEC = re.compile(r"^([biufcSUVOMm])(\d*)$")
+# At most 9 digits: sizes numpy can have, and int() never meets its digit limit.
+_SPEC = re.compile(r"^([biufcSUVOMm])(\d{0,9})$")
 
 
 class DtypeError(ValueError):
@@ -115,6 +116,11 @@ def read_joblib_array(vm: PickleMachine, wrapper: Obj, offset: int) -> Any:
         nested = PickleMachine(vm.source, vm.check_global, None, depth=vm.depth + 1)
         nested.run()
         return Opaque("object array")
+    if vm.shadow is not None:
+        # Raw bytes joblib skips unread: plain pickle.load reads them as opcodes.
+        # (An object array's nested pickle is scanned as a pickle already; read
+        # on by pickle.load, its memo gets would fetch the outer pickle's memo.)
+        vm.shadow(vm)
     if state.items.get("numpy_array_alignment_bytes") is not None:
         padding = vm.read(1)[0]
         vm.skip(padding)

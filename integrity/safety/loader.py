@@ -117,7 +117,7 @@ def load_model(path: Path, allowlist: AllowList | None = None) -> Any:
         elif fmt.startswith("joblib-") and fmt != "joblib-legacy":
             source = DecompressingSource(fd, size, fmt.removeprefix("joblib-"))
         elif scan.format == "skops":
-            return _load_skops(path, allowlist)
+            return _load_skops(fd, path, allowlist)
         else:
             raise UnsafeModelError(f"{path}: {scan.format} files are not loadable models")
         _, joblib_unpickler = _unpickler_classes(allowlist)
@@ -133,12 +133,16 @@ def load_model(path: Path, allowlist: AllowList | None = None) -> Any:
         os.close(fd)
 
 
-def _load_skops(path: Path, allowlist: AllowList) -> Any:
+def _load_skops(fd: int, path: Path, allowlist: AllowList) -> Any:
+    """From the file that was scanned (the open fd), not the path, which may have been
+    replaced since."""
     from skops.io import get_untrusted_types, load
 
-    untrusted = get_untrusted_types(file=str(path))
-    for name in untrusted:
-        module, _, attr = name.rpartition(".")
-        if not allowlist.verdict(module, attr).allowed:
-            raise UnsafeModelError(f"{path}: refused skops type {name}")
-    return load(str(path), trusted=untrusted)
+    with open(fd, "rb", closefd=False) as handle:
+        untrusted = get_untrusted_types(file=handle)
+        for name in untrusted:
+            module, _, attr = name.rpartition(".")
+            if not allowlist.verdict(module, attr).allowed:
+                raise UnsafeModelError(f"{path}: refused skops type {name}")
+        handle.seek(0)
+        return load(handle, trusted=untrusted)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import _compat_pickle
 import codecs
 import math
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -186,8 +187,10 @@ class PickleMachine:
         self.linear = False
         # Containers and objects are not changed (a look-ahead on shared state).
         self.readonly = False
-        # Findings that do not stop the reading (frame problems).
+        # Findings that do not stop the reading (frame problems), also handed to
+        # on_problem as they are met.
         self.problems: list[PickleError] = []
+        self.on_problem: Callable[[PickleError], None] | None = None
         self.op_offset = 0  # offset of the opcode being followed
         self.limit: int | None = None  # no opcode may start beyond this offset
         # Called where joblib reads raw array data, to follow the same bytes as
@@ -206,13 +209,14 @@ class PickleMachine:
         return self._fail("truncated", "the pickle ends in the middle of an opcode", nature=FAILS)
 
     def _frame_problem(self, message: str) -> None:
-        self.problems.append(
-            PickleError(
-                "bad-frame",
-                f"{message}: joblib's (Python) unpickler stops there, pickle.load reads on",
-                self.op_offset,
-            )
+        problem = PickleError(
+            "bad-frame",
+            f"{message}: joblib's (Python) unpickler stops there, pickle.load reads on",
+            self.op_offset,
         )
+        self.problems.append(problem)
+        if self.on_problem is not None:
+            self.on_problem(problem)
         self.linear = True
         self.on_array = None
 
@@ -279,9 +283,7 @@ class PickleMachine:
 
     def pop_mark(self) -> list[Any]:
         if not self.metastack:
-            raise self._fail(
-                "malformed", "the pickle closes a MARK it never opened", nature=FAILS
-            )
+            raise self._fail("malformed", "the pickle closes a MARK it never opened", nature=FAILS)
         items = self.stack
         self.stack = self.metastack.pop()
         return items
@@ -318,7 +320,9 @@ class PickleMachine:
             offset = self._here()
             self.op_offset = offset
             if self.limit is not None and offset > self.limit:
-                raise self._fail("too-long", "the pickle is longer than the scanner follows", offset)
+                raise self._fail(
+                    "too-long", "the pickle is longer than the scanner follows", offset
+                )
             code = self.source.read(1)
             if not code:
                 raise self._fail(
@@ -330,9 +334,7 @@ class PickleMachine:
             self.opcodes += 1
             handler = dispatch.get(code[0])
             if handler is None:
-                raise self._fail(
-                    "unknown-opcode", f"unknown opcode 0x{code[0]:02x}", offset, FAILS
-                )
+                raise self._fail("unknown-opcode", f"unknown opcode 0x{code[0]:02x}", offset, FAILS)
             if handler(self, offset):
                 return self.pop()
 
@@ -448,9 +450,12 @@ def _int_text(vm: PickleMachine, data: bytes, offset: int, base: int = 0) -> int
     try:
         return int(data, base)
     except ValueError:
-        raise vm._fail(
-            "malformed", "an integer argument is not a number", offset, FAILS
-        ) from None
+        raise vm._fail("malformed", "an integer argument is not a number", offset, FAILS) from None
+
+
+# What C's strtol(s, &end, 0) reads whole: the C unpickler's INT takes it ("010" is
+# octal 8 there) before it falls back to int(s, 0), which is all the Python one does.
+_STRTOL = re.compile(rb"^[ \t\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$")
 
 
 @_op(b"I")
@@ -460,6 +465,14 @@ def _int(vm: PickleMachine, offset: int) -> None:
         vm.push(False)
     elif data == b"01":
         vm.push(True)
+    elif match := _STRTOL.match(data):
+        sign, digits = match.group(1), match.group(2)
+        base = 16 if digits[:2].lower() == b"0x" else 8 if digits[:1] == b"0" else 10
+        try:
+            value = int(digits[2:] if base == 16 else digits, base)
+        except ValueError:  # over sys.get_int_max_str_digits(): both unpicklers fail too
+            raise vm._fail("malformed", "an integer argument is too long", offset, FAILS) from None
+        vm.push(-value if sign == b"-" else value)
     else:
         vm.push(_int_text(vm, data, offset))
 
@@ -691,9 +704,10 @@ def _empty_dict(vm: PickleMachine, offset: int) -> None:
 
 
 def _set_item(target: SDict, key: Any, value: Any) -> None:
-    try:
+    # Only plain keys are hashed: hashing a tuple of shared tuples costs 2**depth.
+    if key is None or isinstance(key, str | bytes | int | float):
         target.items[key] = value
-    except TypeError:  # an unhashable symbol as key
+    else:
         target.other.append((key, value))
 
 
@@ -838,7 +852,19 @@ def _memoize(vm: PickleMachine, offset: int) -> None:
 
 
 def _text_name(vm: PickleMachine, offset: int) -> str:
-    data = vm.readline()
+    try:
+        data = vm.readline()
+    except PickleError as exc:
+        if exc.code != "truncated":
+            raise
+        # At the end of the file the Python unpickler takes what is there as the name
+        # (its readline does not fail) and imports the module it names.
+        raise vm._fail(
+            "truncated",
+            "a global's name is cut off by the end of the file: the Python unpickler "
+            "would still import the module it names",
+            offset,
+        ) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -867,13 +893,50 @@ def _stack_global(vm: PickleMachine, offset: int) -> None:
     vm.push(vm.resolve_global(module, name, offset))
 
 
+def _mentions_wrapper(value: Any, depth: int = 0) -> bool:
+    if value == JOBLIB_WRAPPER:
+        return True
+    if isinstance(value, tuple) and depth < 4:
+        return any(_mentions_wrapper(item, depth + 1) for item in value)
+    return False
+
+
+def _make(
+    vm: PickleMachine,
+    func: Global,
+    args: tuple[Any, ...],
+    offset: int,
+    init: bool,
+    kwargs: tuple[Any, ...] = (),
+) -> None:
+    """Push the object a call makes, refusing the ways to make a joblib array wrapper
+    whose attributes the scanner would not know (joblib reads array data after any).
+    `init`: the call runs __init__ (not only __new__); `kwargs`: keyword values."""
+    if func == JOBLIB_WRAPPER and init and args:
+        raise vm._fail(
+            "malformed",
+            "joblib.numpy_pickle.NumpyArrayWrapper called with arguments: its __init__ sets "
+            "the attributes (array alignment) joblib reads array data by; joblib writes it "
+            "with NEWOBJ and a state",
+            offset,
+        )
+    if func != JOBLIB_WRAPPER and _mentions_wrapper(args + kwargs):
+        raise vm._fail(
+            "malformed",
+            f"joblib.numpy_pickle.NumpyArrayWrapper passed to {func.qualified}: an object "
+            "it makes may be an array wrapper joblib reads array data after",
+            offset,
+        )
+    vm.push(Obj(func, args))
+
+
 @_op(b"R")
 def _reduce(vm: PickleMachine, offset: int) -> None:
     args = vm.pop()
     func = vm.callable_of(vm.pop(), "REDUCE", offset)
     if not isinstance(args, tuple):
         raise vm._fail("malformed", "REDUCE arguments are not a tuple", offset)
-    vm.push(Obj(func, args))
+    _make(vm, func, args, offset, init=True)
 
 
 @_op(b"\x81")
@@ -882,7 +945,7 @@ def _newobj(vm: PickleMachine, offset: int) -> None:
     cls = vm.callable_of(vm.pop(), "NEWOBJ", offset)
     if not isinstance(args, tuple):
         raise vm._fail("malformed", "NEWOBJ arguments are not a tuple", offset)
-    vm.push(Obj(cls, args))
+    _make(vm, cls, args, offset, init=False)
 
 
 @_op(b"\x92")
@@ -892,7 +955,7 @@ def _newobj_ex(vm: PickleMachine, offset: int) -> None:
     cls = vm.callable_of(vm.pop(), "NEWOBJ_EX", offset)
     if not isinstance(args, tuple) or not isinstance(kwargs, SDict):
         raise vm._fail("malformed", "NEWOBJ_EX arguments are not a tuple and a dict", offset)
-    vm.push(Obj(cls, args))
+    _make(vm, cls, args, offset, init=False, kwargs=tuple(kwargs.items.values()))
 
 
 @_op(b"i")
@@ -900,8 +963,7 @@ def _inst(vm: PickleMachine, offset: int) -> None:
     module = _text_name(vm, offset)
     name = _text_name(vm, offset)
     cls = vm.resolve_global(module, name, offset)
-    args = tuple(vm.pop_mark())
-    vm.push(Obj(cls, args))
+    _make(vm, cls, tuple(vm.pop_mark()), offset, init=True)
 
 
 @_op(b"o")
@@ -910,7 +972,7 @@ def _obj(vm: PickleMachine, offset: int) -> None:
     if not items:
         raise vm._fail("malformed", "OBJ without a class", offset, FAILS)
     cls = vm.callable_of(items[0], "OBJ", offset)
-    vm.push(Obj(cls, tuple(items[1:])))
+    _make(vm, cls, tuple(items[1:]), offset, init=True)
 
 
 @_op(b"b")
@@ -925,6 +987,12 @@ def _build(vm: PickleMachine, offset: int) -> None:
             offset,
             FAILS if _inert(target) else REFUSED,
         )
+    if target.callable == NUMPY_DTYPE and not _numpy_dtype_state(state):
+        raise vm._fail(
+            "malformed",
+            "numpy.dtype state in a shape numpy never writes: numpy can crash loading it",
+            offset,
+        )
     if vm.readonly:
         return
     target.state = state
@@ -933,6 +1001,27 @@ def _build(vm: PickleMachine, offset: int) -> None:
 
 
 JOBLIB_WRAPPER = Global("joblib.numpy_pickle", "NumpyArrayWrapper")
+NUMPY_DTYPE = Global("numpy", "dtype")
+
+
+def _numpy_dtype_state(state: Any) -> bool:
+    """Whether a dtype's BUILD state has the shape numpy's __reduce__ writes:
+    (3, byteorder, subarray, names, fields, elsize, alignment, flags), plus
+    metadata at version 4. numpy's C __setstate__ trusts what it is given."""
+    if not isinstance(state, tuple) or len(state) not in (8, 9):
+        return False
+    version, order, subarray, names, fields, elsize, alignment, flags = state[:8]
+    if (version, len(state)) not in ((3, 8), (4, 9)) or order not in ("<", ">", "|", "="):
+        return False
+    if subarray is not None and not (isinstance(subarray, tuple) and len(subarray) == 2):
+        return False
+    if names is not None and not (isinstance(names, tuple) and all(type(n) is str for n in names)):
+        return False
+    if fields is not None and not isinstance(fields, SDict):
+        return False
+    if (names is None) != (fields is None):
+        return False
+    return all(type(v) is int for v in (elsize, alignment, flags))
 
 
 # ---- refused outright
@@ -977,9 +1066,9 @@ __all__ = [
     "FAILS",
     "JOBLIB_WRAPPER",
     "REFUSED",
-    "MemoOverlay",
     "Global",
     "GlobalUse",
+    "MemoOverlay",
     "Obj",
     "Opaque",
     "PickleError",

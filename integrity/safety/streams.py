@@ -64,6 +64,10 @@ class FileSource:
     def tell(self) -> int:
         return self._file.tell()
 
+    def seek(self, offset: int) -> None:
+        """Back to an offset read before (a look-ahead returns here)."""
+        self._file.seek(offset)
+
 
 class _Decompressor(Protocol):
     @property
@@ -126,7 +130,7 @@ class DecompressingSource:
     """The decompressed content of a file, streamed; concatenated streams are
     read one after another, as joblib (and gzip, bz2, xz readers) do."""
 
-    def __init__(self, fd: int, size: int, method: str) -> None:
+    def __init__(self, fd: int, size: int, method: str, start: int = 0) -> None:
         factory = decompressor_factory(method)
         if factory is None:
             raise StreamError(f"{method} decompression is not available (pip install lz4)")
@@ -134,7 +138,7 @@ class DecompressingSource:
         self._method = method
         self._decompressor = factory()
         self._raw = open(fd, "rb", buffering=0, closefd=False)  # noqa: SIM115
-        self._raw.seek(0)
+        self._raw.seek(start)
         self._limit = max(MIN_BOUND, size * MAX_RATIO)
         self._buffer = b""
         self._pos = 0  # into _buffer
