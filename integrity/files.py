@@ -53,6 +53,37 @@ def describe_mode(mode: int) -> str:
     return "not a regular file"
 
 
+def open_regular_file(path: str | Path, *, follow_symlinks: bool) -> tuple[int, os.stat_result]:
+    """Open a path named by the user for reading, only if it is a regular file.
+
+    stat (or lstat) first, so a FIFO or a device is never opened; then
+    O_NONBLOCK and an fstat of what was opened, so one swapped in meanwhile
+    cannot block the run. Raises PathProblem for what is not a regular file,
+    OSError (FileNotFoundError, PermissionError, ...) for what cannot be read.
+    """
+    where = str(path)
+    st = os.stat(path) if follow_symlinks else os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise PathProblem("symlink", where, "is a symlink; not followed")
+    if stat.S_ISDIR(st.st_mode):
+        raise PathProblem("directory", where, "is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise PathProblem(
+            "special", where, f"is {describe_mode(st.st_mode)}, not a regular file; not read"
+        )
+    flags = os.O_RDONLY | os.O_NONBLOCK | _O_CLOEXEC | (0 if follow_symlinks else _O_NOFOLLOW)
+    fd = os.open(path, flags)
+    opened = os.fstat(fd)
+    if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (
+        st.st_dev,
+        st.st_ino,
+    ):
+        os.close(fd)
+        raise PathProblem("special", where, "changed while being opened; not read")
+    os.set_blocking(fd, True)
+    return fd, opened
+
+
 def open_root(root: Path) -> int:
     return os.open(root, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
 

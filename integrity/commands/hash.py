@@ -56,7 +56,7 @@ from typing import BinaryIO, Literal
 from integrity import sha256sum
 from integrity.cli import EXIT_FAIL, EXIT_PASS, EXIT_USAGE, PROG
 from integrity.errors import UserError
-from integrity.files import PathProblem, describe_mode, open_regular
+from integrity.files import PathProblem, describe_mode, open_regular, open_regular_file
 from integrity.hashing import BLOCK_SIZE, parallel_map, sha256_fd
 from integrity.progress import Progress
 
@@ -435,28 +435,14 @@ class _Hasher:
 
 
 def _open_regular_file(path: str) -> int:
-    """Open `path` for reading, symlinks followed, only if it is a regular file.
-
-    stat first, so a FIFO or a device is never opened; then O_NONBLOCK and an
-    fstat of what was opened, so one swapped in meanwhile cannot block the run.
-    """
-    st = os.stat(path)
-    if stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
-    if not stat.S_ISREG(st.st_mode):
-        raise _Refused(_not_regular(st.st_mode))
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _O_CLOEXEC)
+    """Open `path` for reading, symlinks followed as sha256sum does, only if it is a
+    regular file (see integrity.files.open_regular_file)."""
     try:
-        opened = os.fstat(fd)
-        if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (
-            st.st_dev,
-            st.st_ino,
-        ):
-            raise _Refused("changed while being opened; not read")
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
+        fd, _ = open_regular_file(path, follow_symlinks=True)
+    except PathProblem as problem:
+        if problem.kind == "directory":
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)) from None
+        raise _Refused(problem.detail) from None
     return fd
 
 

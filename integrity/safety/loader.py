@@ -11,10 +11,10 @@ from __future__ import annotations
 import inspect
 import os
 import pickle
-import stat
 from pathlib import Path
 from typing import Any
 
+from integrity.files import PathProblem, open_regular_file
 from integrity.safety.allowlist import AllowList
 from integrity.safety.pickle_vm import python3_name
 from integrity.safety.scanner import ScanResult, detect_format, scan_fd
@@ -90,14 +90,10 @@ def _unpickler_classes(allowlist: AllowList) -> tuple[type[Any], type[Any]]:
 
 
 def _open_regular(path: Path) -> int:
-    st = os.lstat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise UnsafeModelError(f"{path}: not a regular file")
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise UnsafeModelError(f"{path}: changed while being opened")
-    os.set_blocking(fd, True)
+    try:
+        fd, _ = open_regular_file(path, follow_symlinks=False)
+    except PathProblem as problem:
+        raise UnsafeModelError(f"{path}: {problem.detail}") from None
     return fd
 
 

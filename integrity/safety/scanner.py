@@ -326,26 +326,16 @@ def _scan_legacy(scan: _Scan, fd: int, size: int) -> None:
 
 def scan_path(path: Path, allowlist: AllowList | None = None) -> ScanResult:
     """Scan a file by path; symlinks and special files are refused, never opened for read."""
-    import stat
+    from integrity.files import PathProblem, open_regular_file
 
-    display = str(path)
-    st = os.lstat(path)
-    if not stat.S_ISREG(st.st_mode):
-        from integrity.files import describe_mode
-
-        result = ScanResult(path=display, format="none")
-        result.findings.append(
-            ScanFinding("not-a-file", f"is {describe_mode(st.st_mode)}, not a regular file")
-        )
-        return result
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            result = ScanResult(path=display, format="none")
-            result.findings.append(ScanFinding("not-a-file", "changed while being opened"))
-            return result
-        os.set_blocking(fd, True)
-        return scan_fd(fd, display, allowlist)
+        fd, _ = open_regular_file(path, follow_symlinks=False)
+    except PathProblem as problem:
+        result = ScanResult(path=str(path), format="none")
+        result.findings.append(ScanFinding("not-a-file", problem.detail))
+        return result
+    try:
+        return scan_fd(fd, str(path), allowlist)
     finally:
         os.close(fd)
 
