@@ -10,8 +10,9 @@ import contextlib
 import hashlib
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 BLOCK_SIZE = 1 << 20  # 1 MiB: large enough to amortise syscalls, small enough to stay in cache
@@ -64,11 +65,21 @@ def default_workers() -> int:
 def parallel_map(
     function: Callable[[T], R], items: Iterable[T], workers: int | None = None
 ) -> Iterator[R]:
-    """`map` on worker threads, results yielded in input order as they complete."""
-    items = list(items)
+    """`map` on worker threads, results yielded in input order as they complete.
+
+    At most a few items per worker are in flight, so memory does not grow with
+    the number of items (Executor.map would queue them all at once).
+    """
     workers = workers or default_workers()
-    if workers == 1 or len(items) <= 1:
+    if workers == 1:
         yield from map(function, items)
         return
+    window = 4 * workers
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hash") as pool:
-        yield from pool.map(function, items)
+        pending: deque[Future[R]] = deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

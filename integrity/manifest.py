@@ -144,8 +144,11 @@ class Manifest(_Strict):
                 if folder in files:
                     raise ValueError(f"{path!r} is inside {folder!r}, which is recorded as a file")
         file_artifacts = {a.path for a in self.artifacts if a.type == "file"}
+        directory_set = set(directories)
         for path in files:
-            if path not in file_artifacts and not any(is_within(path, d) for d in directories):
+            if path not in file_artifacts and not any(
+                folder in directory_set for folder in _ancestors(path)
+            ):
                 raise ValueError(f"files: {path!r} is not inside any recorded artifact")
         return self
 
@@ -214,14 +217,15 @@ def dump_manifest(manifest: Manifest) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
-def write_manifest(manifest: Manifest, path: Path, *, overwrite: bool) -> None:
-    """Write atomically; never replace an existing file unless `overwrite`."""
-    text = dump_manifest(manifest).encode("utf-8")
+def write_manifest(text: str, path: Path, *, overwrite: bool) -> None:
+    """Write manifest text (from dump_manifest) atomically; never replace an
+    existing file unless `overwrite`."""
+    data = text.encode("utf-8")
     directory = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(text)
+            out.write(data)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o644)

@@ -46,11 +46,22 @@ class Check(Protocol):
     def run(self, manifest: Manifest, context: CheckContext) -> CheckOutcome: ...
 
 
-def registry() -> dict[str, type[Check]]:
-    """Every implemented check, in the order they run. Imported lazily: each
-    check imports only what it needs, when it runs."""
-    from integrity.checks.digests import DigestsCheck
-    from integrity.checks.safety import SafetyCheck
+# Every implemented check id, in run order, and the module that holds it: a
+# check is imported only when it runs (`--only digests` never loads the scanner).
+CHECK_MODULES = {
+    "digests": ("integrity.checks.digests", "DigestsCheck"),
+    "safety": ("integrity.checks.safety", "SafetyCheck"),
+}
 
-    checks: list[type[Check]] = [DigestsCheck, SafetyCheck]
-    return {check.id: check for check in checks}
+
+def registry() -> list[str]:
+    """Every implemented check id, in the order they run."""
+    return list(CHECK_MODULES)
+
+
+def load_check(check_id: str) -> Check:
+    import importlib
+
+    module, name = CHECK_MODULES[check_id]
+    check: Check = getattr(importlib.import_module(module), name)()
+    return check

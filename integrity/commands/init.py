@@ -135,9 +135,9 @@ def run_init(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise UserError(f"{manifest_path}: {describe_validation_error(exc)}") from None
     # Serialise before touching the file system, so a failure leaves nothing behind.
-    dump_manifest(manifest)
+    text = dump_manifest(manifest)
     try:
-        write_manifest(manifest, manifest_path, overwrite=args.force)
+        write_manifest(text, manifest_path, overwrite=args.force)
     except FileExistsError:
         raise UserError(f"{manifest_path}: already exists; pass --force to replace it") from None
     except OSError as exc:

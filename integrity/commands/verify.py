@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from integrity.checks import CheckContext, CheckIncomplete, registry
+from integrity.checks import CheckContext, CheckIncomplete, load_check, registry
 from integrity.errors import UserError
 from integrity.manifest import Manifest, load_manifest, manifest_root
 from integrity.paths import is_within
@@ -42,21 +42,21 @@ def run_checks(
     """Run the selected checks; `manifest`, when given, is `manifest_path` already loaded."""
     started = time.monotonic()
     checks = registry()
-    selected = select_checks(list(checks), only, skip)
+    selected = select_checks(checks, only, skip)
     if manifest is None:
         manifest = load_manifest(manifest_path)
     context = CheckContext(
         manifest_path=manifest_path, root=manifest_root(manifest_path), show_progress=show_progress
     )
     results: list[CheckResult] = []
-    for check_id, check_class in checks.items():
+    for check_id in checks:
         if check_id not in selected:
             reason = "--skip" if skip and check_id in skip else "--only"
             results.append(CheckResult(id=check_id, status="skip", summary=f"skipped by {reason}"))
             continue
         check_started = time.monotonic()
         try:
-            outcome = check_class().run(manifest, context)
+            outcome = load_check(check_id).run(manifest, context)
         except CheckIncomplete as exc:
             results.append(
                 CheckResult(
@@ -91,7 +91,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
     manifest_path = Path(args.manifest)
     outputs = [Path(p) for p in [args.json] if p]
-    select_checks(list(registry()), args.only, args.skip)  # usage errors first
+    select_checks(registry(), args.only, args.skip)  # usage errors first
     _refuse_clobbering(outputs, manifest_path)
     manifest = load_manifest(manifest_path)
     _refuse_writing_artifacts(outputs, manifest, manifest_root(manifest_path))
