@@ -17,6 +17,7 @@ test: $(TEST_VENV)/.installed
 
 bench: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/python benchmarks/bench_digests.py
+	$(TEST_VENV)/bin/python benchmarks/bench_scan.py
 
 # The demo needs only the core: no numpy, no scikit-learn.
 $(DEMO_VENV)/.installed: pyproject.toml
