@@ -53,25 +53,24 @@ import os
 import platform
 import re
 import shutil
-import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # measure.py, beside this script
+
+import measure  # noqa: E402
+from measure import BenchmarkError, Measured, Run, run  # noqa: E402
+
 MIB = 1 << 20
 GIB = 1 << 30
-HERE = Path(__file__).resolve().parent
 MANIFEST = "model-integrity.json"
 MODEL_DIR = "model"
 BASELINE = "openssl"
-
-
-class BenchmarkError(Exception):
-    """The benchmark cannot produce trustworthy figures; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -93,18 +92,7 @@ SMALL = (DataSet("8x16MiB", 8, 16 * MIB), DataSet("1x128MiB", 1, 128 * MIB))
 
 
 @dataclass
-class Run:
-    seconds: float
-    maxrss_kib: int
-    returncode: int
-    stdout: bytes
-    stderr: bytes
-    cpu: float = 0.0  # the command's user + system seconds (its whole process tree)
-    others_cpu: float = 0.0  # CPU seconds everything else on the machine used meanwhile
-
-
-@dataclass
-class Command:
+class Command(Measured):
     key: str
     label: str
     argv: list[str]
@@ -112,18 +100,6 @@ class Command:
     hashes: bool = True  # reads every byte of the data set (throughput is meaningful)
     runs: list[Run] = field(default_factory=list)
     retried: int = 0  # timed runs thrown away because other load disturbed them
-
-    def median(self) -> float:
-        return statistics.median(r.seconds for r in self.runs)
-
-    def peak_mb(self) -> float:
-        return max(r.maxrss_kib for r in self.runs) * 1024 / 1e6
-
-    def median_cpu(self) -> float:
-        return statistics.median(r.cpu for r in self.runs)
-
-    def max_others(self) -> float:
-        return max(r.others_cpu for r in self.runs)
 
 
 def _size_text(n: int) -> str:
@@ -174,74 +150,6 @@ def _generate(path: Path, size: int, seed: int, base: bytes) -> None:
 
 
 # --- running ---------------------------------------------------------------------------
-
-
-# Each command is forked by a minimal launcher interpreter (python -S -I, no imports but
-# os/sys/time), which times it and reads its rusage with os.wait4. Why not Popen from
-# here: Linux counts into a child's ru_maxrss the RSS of the memory it had before exec,
-# that is a copy of its parent's, so every command spawned straight from this process
-# would report at least this process's ~20 MB. Forked from the launcher, that floor is
-# the launcher's ~5 MB (measured each run as the `true` row), far below model-integrity.
-_LAUNCHER = """
-import os, sys, time
-out, argv = sys.argv[1], sys.argv[2:]
-started = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    try:
-        os.execv(argv[0], argv)
-    finally:
-        os._exit(127)
-_, status, usage = os.wait4(pid, 0)
-seconds = time.perf_counter() - started
-with open(out, "w") as f:
-    cpu = usage.ru_utime + usage.ru_stime
-    f.write(f"{seconds!r} {usage.ru_maxrss} {os.waitstatus_to_exitcode(status)} {cpu!r}")
-"""
-
-
-def run(argv: list[str], cwd: Path, stdin: Path | None = None) -> Run:
-    """Run one command as its own process; its wall time and its own ru_maxrss (os.wait4)."""
-    with (
-        tempfile.TemporaryDirectory() as scratch,
-        tempfile.TemporaryFile() as out,
-        tempfile.TemporaryFile() as err,
-        open(stdin or os.devnull, "rb") as inp,
-    ):
-        result = Path(scratch) / "result"
-        # Resolved here: a PATH search in the forked child would fault in pages, raising the floor.
-        program = shutil.which(argv[0])
-        if program is None:
-            raise BenchmarkError(f"{argv[0]}: not found on PATH")
-        program = os.path.abspath(program)  # the command runs in another directory
-        launcher = [sys.executable, "-S", "-I", "-c", _LAUNCHER, str(result), program, *argv[1:]]
-        busy_before = _busy_seconds()
-        done = subprocess.run(launcher, cwd=cwd, stdin=inp, stdout=out, stderr=err, check=False)
-        busy = _busy_seconds() - busy_before
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-        if done.returncode != 0 or not result.exists():
-            raise BenchmarkError(
-                f"launcher failed for {' '.join(argv)}: {stderr.decode(errors='replace')}"
-            )
-        seconds, maxrss, code, cpu = result.read_text().split()
-        # Machine-wide busy time minus the command's own: what other processes (and the
-        # launcher's own start, a few hundredths) took from the cores meanwhile.
-        others = max(0.0, busy - float(cpu))
-        return Run(float(seconds), int(maxrss), int(code), stdout, stderr, float(cpu), others)
-
-
-def _busy_seconds() -> float:
-    """CPU seconds all cores spent not idle since boot (/proc/stat); 0 where unavailable."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0.0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
-    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def checked(command: Command, cwd: Path) -> Run:
@@ -414,21 +322,12 @@ def table(results: list[tuple[DataSet, list[Command]]]) -> str:
 
 
 def machine(cli: str, cores: int) -> str:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = measure.cpu_model()
     flags = ""
     with contextlib.suppress(OSError):
         text = Path("/proc/cpuinfo").read_text()
         flags = ", ".join(f for f in ("sha_ni", "avx2", "avx512f") if f" {f}" in text)
-    memory = "unknown"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = f"{int(line.split()[1]) / (1 << 20):.1f} GiB"
+    memory = measure.memory_total()
     openssl = _version(["openssl", "version"])
     coreutils = _version(["sha256sum", "--version"])
     tool = _version([cli, "--version"])
@@ -445,23 +344,8 @@ def machine(cli: str, cores: int) -> str:
 
 def _source_state() -> str:
     """The repository's commit, and whether integrity/ had uncommitted changes."""
-    repo = HERE.parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--", "integrity"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-    return f", source at git {head}" + (" with uncommitted changes in integrity/" if dirty else "")
+    state = measure.source_state(HERE.parent)
+    return f", source at {state}" if state else ""
 
 
 def _version(argv: list[str]) -> str:

@@ -54,16 +54,19 @@ import os
 import platform
 import re
 import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # measure.py, beside this script
+
+import measure  # noqa: E402
+from measure import BenchmarkError, Measured, Run, busy_seconds, run  # noqa: E402
+
 REPO = HERE.parent
 MB = 1_000_000
 BASELINE = "joblib.load"
@@ -125,61 +128,14 @@ print(json.dumps({"sklearn": sklearn.__version__, "joblib": joblib.__version__,
                   "numpy": numpy.__version__}))
 """
 
-# Forks the command, times it and reads its rusage with os.wait4. No imports but
-# builtins, so the floor it adds to the command's ru_maxrss is a few MB.
-_LAUNCHER = """
-import os, sys, time, signal
-out, timeout, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-started = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    try:
-        os.execv(argv[0], argv)
-    finally:
-        os._exit(127)
-signal.signal(signal.SIGALRM, lambda *_: os.kill(pid, signal.SIGKILL))
-signal.alarm(timeout)
-_, status, usage = os.wait4(pid, 0)
-seconds = time.perf_counter() - started
-signal.alarm(0)
-with open(out, "w") as f:
-    cpu = usage.ru_utime + usage.ru_stime
-    f.write(f"{seconds!r} {usage.ru_maxrss} {os.waitstatus_to_exitcode(status)} {cpu!r}")
-"""
-
-
-class BenchmarkError(Exception):
-    """The benchmark cannot produce trustworthy figures; the message says why."""
-
 
 @dataclass
-class Run:
-    seconds: float
-    maxrss_kb: int
-    returncode: int
-    stdout: str
-    stderr: str
-    cpu: float
-    others: float  # CPU seconds other processes took during the run
-    waited: float = 0.0  # seconds spent waiting for a quiet machine first
-    quiet: bool = True  # False: the wait gave up
-
-
-@dataclass
-class Command:
+class Command(Measured):
     tool: str
     argv: list[str]
     warmup: Run | None = None
     runs: list[Run] = field(default_factory=list)
-
-    def median(self) -> float:
-        return statistics.median(r.seconds for r in self.runs)
-
-    def peak_mb(self) -> float:
-        return max(r.maxrss_kb for r in self.runs) * 1024 / MB
-
-    def max_others(self) -> float:
-        return max(r.others for r in self.runs)
+    noisy: int = 0  # timed runs started on a busy machine (the wait for quiet gave up)
 
     def exit_codes(self) -> list[int]:
         return sorted({r.returncode for r in [*self.runs, *([self.warmup] if self.warmup else [])]})
@@ -279,18 +235,6 @@ def tool_version(script: Path, package: str) -> str:
 # --- running -----------------------------------------------------------------------------
 
 
-def busy_seconds() -> float:
-    """CPU seconds all cores spent not idle since boot (/proc/stat); 0 where unavailable."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0.0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
 def wait_quiet(threshold: float, window: float, timeout: float) -> tuple[float, bool]:
     """Wait until less than `threshold` of all cores were busy over the last `window`
     seconds; (seconds waited, True) or, after `timeout`, (seconds waited, False)."""
@@ -312,44 +256,6 @@ def wait_quiet(threshold: float, window: float, timeout: float) -> tuple[float, 
         time.sleep(1.0)
 
 
-def run(argv: list[str], cwd: Path) -> Run:
-    """Run one command as its own process: wall time, its own ru_maxrss (os.wait4)."""
-    with (
-        tempfile.TemporaryDirectory() as scratch,
-        tempfile.TemporaryFile() as out,
-        tempfile.TemporaryFile() as err,
-    ):
-        result = Path(scratch) / "result"
-        program = shutil.which(argv[0])
-        if program is None:
-            raise BenchmarkError(f"{argv[0]}: not found")
-        launcher = [
-            sys.executable,
-            "-S",
-            "-I",
-            "-c",
-            _LAUNCHER,
-            str(result),
-            str(TIMEOUT),
-            os.path.abspath(program),
-            *argv[1:],
-        ]
-        before = busy_seconds()
-        done = subprocess.run(
-            launcher, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, check=False
-        )
-        busy = busy_seconds() - before
-        out.seek(0)
-        err.seek(0)
-        stdout = out.read().decode(errors="replace")
-        stderr = err.read().decode(errors="replace")
-        if done.returncode != 0 or not result.exists():
-            raise BenchmarkError(f"launcher failed for {' '.join(argv)}: {stderr}")
-        seconds, maxrss, code, cpu = result.read_text().split()
-        others = max(0.0, busy - float(cpu))
-        return Run(float(seconds), int(maxrss), int(code), stdout, stderr, float(cpu), others)
-
-
 def commands_for(path: Path, picklescan: Path, modelscan: Path) -> list[Command]:
     python = sys.executable
     load = "import sys, joblib; joblib.load(sys.argv[1])"
@@ -367,18 +273,18 @@ def commands_for(path: Path, picklescan: Path, modelscan: Path) -> list[Command]
 def bench_file(bench: FileBench, args: argparse.Namespace) -> None:
     for command in bench.commands:
         print(f"  warm-up: {command.tool}", file=sys.stderr)
-        command.warmup = run(command.argv, REPO)
+        command.warmup = run(command.argv, REPO, timeout=TIMEOUT)
     order = list(bench.commands)
     for round_ in range(args.runs):
         for command in order:
             waited, quiet = wait_quiet(args.quiet_threshold, args.quiet_seconds, args.quiet_timeout)
-            result = run(command.argv, REPO)
-            result.waited, result.quiet = waited, quiet
+            result = run(command.argv, REPO, timeout=TIMEOUT)
             command.runs.append(result)
+            command.noisy += not quiet
             print(
                 f"  round {round_ + 1}/{args.runs} {command.tool}: {result.seconds:.2f} s, "
-                f"{result.maxrss_kb * 1024 / MB:.0f} MB, exit {result.returncode}, "
-                f"others {result.others:.2f} CPU s, waited {waited:.0f} s"
+                f"{result.maxrss_kib * 1024 / MB:.0f} MB, exit {result.returncode}, "
+                f"others {result.others_cpu:.2f} CPU s, waited {waited:.0f} s"
                 + ("" if quiet else " (machine never quiet)"),
                 file=sys.stderr,
             )
@@ -399,7 +305,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 def key_lines(run_: Run, path: Path, limit: int = 12) -> list[str]:
     """The lines of a run's output that carry its verdict (ANSI colours removed)."""
-    text = _ANSI.sub("", run_.stdout + "\n" + run_.stderr).replace(str(path), path.name)
+    text = _ANSI.sub("", run_.output()).replace(str(path), path.name)
     lines = [" ".join(line.split()) for line in text.splitlines()]
     lines = [line for line in lines if line and not set(line) <= set("-=─━")]
     keyed = [line for line in lines if _KEY_LINE.search(line)]
@@ -413,7 +319,7 @@ def verdict(command: Command, path: Path) -> str:
     """A short verdict from the last run's exit code and output."""
     last = command.runs[-1] if command.runs else command.warmup
     assert last is not None
-    text = _ANSI.sub("", last.stdout + "\n" + last.stderr).replace(str(path), path.name)
+    text = _ANSI.sub("", last.output()).replace(str(path), path.name)
     code = last.returncode
     if code < 0:
         return f"killed by signal {-code}" + (" (timeout)" if last.seconds >= TIMEOUT else "")
@@ -471,8 +377,7 @@ def table(benches: list[FileBench]) -> str:
         label = f"{bench.kind} ({bench.size / MB:.0f} MB)"
         for command in bench.commands:
             every = ", ".join(f"{r.seconds:.2f}" for r in command.runs)
-            noisy = sum(not r.quiet for r in command.runs)
-            note = f"; {noisy} on a busy machine" if noisy else ""
+            note = f"; {command.noisy} on a busy machine" if command.noisy else ""
             lines.append(
                 f"| {command.tool} | {label} | {command.median():.2f} "
                 f"| {command.median() / base:.2f}x | {command.peak_mb():.0f} "
@@ -500,17 +405,8 @@ def reports(benches: list[FileBench]) -> str:
 
 
 def machine(meta: dict[str, object], tools: dict[str, str]) -> str:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory = "unknown"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = f"{int(line.split()[1]) / (1 << 20):.1f} GiB"
+    cpu = measure.cpu_model()
+    memory = measure.memory_total()
     versions = meta["versions"]
     assert isinstance(versions, dict)
     forest = meta["forest"]
@@ -522,7 +418,7 @@ def machine(meta: dict[str, object], tools: dict[str, str]) -> str:
         f"- scikit-learn {versions['sklearn']}, joblib {versions['joblib']}, "
         f"numpy {versions['numpy']}; picklescan {tools['picklescan']}, "
         f"modelscan {tools['modelscan']} (each in its own venv)\n"
-        f"- model-integrity: {_source_state()}\n"
+        f"- model-integrity: {measure.source_state(REPO) or 'source state unknown'}\n"
         f"- model: RandomForestClassifier(n_estimators={forest['n_estimators']}, "
         f"min_samples_leaf={forest['min_samples_leaf']}), {meta['nodes']:,} tree nodes, "
         f"fitted on make_classification({_params(meta['data'])})\n"
@@ -532,25 +428,6 @@ def machine(meta: dict[str, object], tools: dict[str, str]) -> str:
 def _params(data: object) -> str:
     assert isinstance(data, dict)
     return ", ".join(f"{k}={v}" for k, v in data.items())
-
-
-def _source_state() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--", "integrity"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "source state unknown"
-    return f"git {head}" + (" with uncommitted changes in integrity/" if dirty else "")
 
 
 # --- main --------------------------------------------------------------------------------
@@ -616,7 +493,11 @@ def main(argv: list[str] | None = None) -> int:
     if not all(v.startswith("safe") for v in ours):
         for bench in benches:
             scan = bench.commands[0].runs[-1]
-            print(f"scanner output on {bench.path}:\n{scan.stdout}{scan.stderr}", file=sys.stderr)
+            print(
+                f"scanner output on {bench.path}:\n"
+                f"{scan.stdout.decode(errors='replace')}{scan.stderr.decode(errors='replace')}",
+                file=sys.stderr,
+            )
         return 1
     return 0
 
