@@ -6,7 +6,7 @@ all) and adds plain data (numpy arrays of many dtypes, scipy sparse matrices, pa
 model "bundle" dict). `dump_styles()` lists the writers: pickle protocols 0-5, joblib raw and
 compressed, `numpy.save` of an object array, and skops.
 
-Nothing here is a test: `tests/test_*` modules import it (after `pytest.importorskip` of
+Nothing here is a test: `tests/test_*` modules import it (the test extra installs
 scikit-learn, numpy, scipy, pandas and joblib) to check that the scanner passes every benign
 artifact, and `scripts/gather_allowlist.py` imports it to gather the allow-list in
 `integrity/safety/allowlist_data.py`. The ML libraries are imported inside the functions, so
