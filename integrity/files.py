@@ -13,12 +13,15 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+# A folder beneath another, opened without following a symlink.
+_DIR_FLAGS = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -110,9 +113,7 @@ def _open_parent(root_fd: int, parts: list[str]) -> int:
                     kind, where, f"should be a folder but is {describe_mode(st.st_mode)}"
                 )
             try:
-                next_fd = os.open(
-                    part, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=fd
-                )
+                next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
                     raise PathProblem(
@@ -170,35 +171,82 @@ def open_regular(root_fd: int, path: str) -> tuple[int, os.stat_result]:
         os.close(parent)
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """An entry `walk_tree` could not read: what it tried, and the error."""
+
+    action: str  # "read", "open folder", "list"
+    error: OSError
+
+
+def walk_tree(dir_fd: int) -> Iterator[tuple[str, os.stat_result | Unreadable]]:
+    """Every entry beneath the open folder `dir_fd`, as ('a/b', lstat) pairs.
+
+    Symlinks and special files are listed (so they can be reported), never
+    followed; folders are walked, not listed. Depth first with one descriptor
+    per level, so no recursion limit; a fresh descriptor for the top, so
+    listing never shares the caller's read offset. An entry that cannot be
+    read comes with `Unreadable` ('' for the top folder itself).
+    """
+    top = os.open(".", _DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        entries = sorted(os.listdir(top))
+    except OSError as exc:
+        os.close(top)
+        yield "", Unreadable("list", exc)
+        return
+    stack: list[tuple[int, str, Iterator[str]]] = [(top, "", iter(entries))]
+    try:
+        while stack:
+            fd, prefix, names = stack[-1]
+            name = next(names, None)
+            if name is None:
+                stack.pop()
+                os.close(fd)
+                continue
+            child = prefix + name
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError as exc:
+                yield child, Unreadable("read", exc)
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                yield child, st
+                continue
+            try:
+                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                yield child, Unreadable("open folder", exc)
+                continue
+            try:
+                entries = sorted(os.listdir(sub))
+            except OSError as exc:
+                os.close(sub)
+                yield child, Unreadable("list", exc)
+                continue
+            stack.append((sub, child + "/", iter(entries)))
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+
+
 def list_directory(root_fd: int, path: str) -> list[str]:
     """Every entry beneath manifest directory `path`, recursively, as manifest paths.
 
     Symlinks and special files are listed (so they can be reported), never followed.
+    Raises OSError when part of the tree cannot be read.
     """
     parts = path.split("/")
-    parent = _open_parent(root_fd, [*parts, "_"])
+    folder = _open_parent(root_fd, [*parts, "_"])
     found: list[str] = []
     try:
-        _walk(parent, path, found)
+        for rel, item in walk_tree(folder):
+            if isinstance(item, Unreadable):
+                raise item.error
+            found.append(f"{path}/{rel}")
     finally:
-        os.close(parent)
+        os.close(folder)
     return sorted(found)
-
-
-def _walk(dir_fd: int, prefix: str, found: list[str]) -> None:
-    for entry in sorted(os.listdir(dir_fd)):
-        child = f"{prefix}/{entry}"
-        st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode):
-            sub = os.open(
-                entry, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dir_fd
-            )
-            try:
-                _walk(sub, child, found)
-            finally:
-                os.close(sub)
-        else:
-            found.append(child)
 
 
 def lstat_path(root_fd: int, path: str) -> os.stat_result:

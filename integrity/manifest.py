@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -278,31 +277,26 @@ def _parse_int(text: str) -> int:
 
 def read_manifest_bytes(path: Path) -> bytes:
     """The manifest's bytes: a regular file, not too large; a FIFO is never opened."""
+    from integrity.files import PathProblem, open_regular_file
+
     shown = str(path)
     try:
-        st = os.stat(path)
+        fd, st = open_regular_file(path, follow_symlinks=True)
     except FileNotFoundError:
         raise ManifestError(shown, "no such file; create one with 'model-integrity init'") from None
-    except OSError as exc:
-        raise ManifestError(shown, f"cannot read: {exc.strerror or exc}") from None
-
-    if stat.S_ISDIR(st.st_mode):
-        raise ManifestError(shown, "is a directory, not a manifest file")
-    if not stat.S_ISREG(st.st_mode):
-        raise ManifestError(shown, "is not a regular file")
-    if st.st_size > MAX_MANIFEST_BYTES:
-        raise ManifestError(
-            shown,
-            f"is {st.st_size / 2**20:.1f} MiB; a manifest is at most "
-            f"{MAX_MANIFEST_BYTES // 2**20} MiB",
-        )
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except PathProblem as problem:
+        if problem.kind == "directory":
+            raise ManifestError(shown, "is a directory, not a manifest file") from None
+        raise ManifestError(shown, problem.detail) from None
     except OSError as exc:
         raise ManifestError(shown, f"cannot read: {exc.strerror or exc}") from None
     with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise ManifestError(shown, "is not a regular file")
+        if st.st_size > MAX_MANIFEST_BYTES:
+            raise ManifestError(
+                shown,
+                f"is {st.st_size / 2**20:.1f} MiB; a manifest is at most "
+                f"{MAX_MANIFEST_BYTES // 2**20} MiB",
+            )
         data = handle.read(MAX_MANIFEST_BYTES + 1)
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError(shown, f"is larger than {MAX_MANIFEST_BYTES // 2**20} MiB")

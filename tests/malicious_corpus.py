@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 Writer = Callable[[Path], None]
 Payload = bytes | Writer
 
@@ -746,6 +748,11 @@ def _ext_setup(code: int) -> str:
 
 
 # ---------------------------------------------------------------- the corpus
+
+
+def by_name(cases: list[Case]) -> pytest.MarkDecorator:
+    """pytest.mark.parametrize over cases, each test named after its case."""
+    return pytest.mark.parametrize("case", cases, ids=[case.name for case in cases])
 
 
 def malicious_cases() -> list[Case]:

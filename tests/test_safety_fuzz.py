@@ -50,17 +50,17 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+# The test extra installs these; a missing one must fail the run, not skip it.
+import joblib
+import lz4.frame as lz4_frame
+import numpy as np
 import pytest
+import sklearn  # noqa: F401
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from integrity.safety.allowlist import AllowList
 from integrity.safety.scanner import ScanResult, scan_path
-
-np: Any = pytest.importorskip("numpy")
-joblib: Any = pytest.importorskip("joblib")
-pytest.importorskip("sklearn")
-lz4_frame: Any = pytest.importorskip("lz4.frame")
 
 # ---------------------------------------------------------------- settings
 

@@ -14,20 +14,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import joblib  # the test extra installs the ML libraries: missing ones fail the run
+import numpy as np
 import pytest
-
-from integrity.safety import loader
-from integrity.safety.allowlist import AllowList
-from integrity.safety.loader import UnsafeModelError, load_model
-from integrity.safety.scanner import ScanResult
-
-np: Any = pytest.importorskip("numpy")
-joblib: Any = pytest.importorskip("joblib")
-pytest.importorskip("sklearn")
-pytest.importorskip("skops")
-pytest.importorskip("lz4")
-
-from malicious_corpus import (  # noqa: E402 - after the optional imports are checked
+from malicious_corpus import (
     MARK,
     REDUCE,
     TUPLE,
@@ -35,6 +25,7 @@ from malicious_corpus import (  # noqa: E402 - after the optional imports are ch
     Case,
     Target,
     build_corpus,
+    by_name,
     call,
     malicious_cases,
     run_loads,
@@ -44,13 +35,14 @@ from malicious_corpus import (  # noqa: E402 - after the optional imports are ch
     whole,
 )
 
+from integrity.safety import loader
+from integrity.safety.allowlist import AllowList
+from integrity.safety.loader import UnsafeModelError, load_model
+from integrity.safety.scanner import ScanResult
+
 REPO = Path(__file__).resolve().parents[1]
 CASES = malicious_cases()
 BYPASSED = [case for case in CASES if case.bypass != "skip"]
-
-
-def by_name(cases: list[Case]) -> pytest.MarkDecorator:
-    return pytest.mark.parametrize("case", cases, ids=[case.name for case in cases])
 
 
 @pytest.fixture(scope="module")

@@ -20,20 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from integrity.cli import main
-from integrity.safety.scanner import scan_path
-
-pytest.importorskip("numpy")
-pytest.importorskip("joblib")
-pytest.importorskip("sklearn")
-pytest.importorskip("skops")
-pytest.importorskip("lz4")
-
 from malicious_corpus import (
     Built,
     Case,
     build_corpus,
+    by_name,
     joblib_array_file,
     malicious_cases,
     run_loads,
@@ -41,13 +32,12 @@ from malicious_corpus import (
     zlib_zeros,
 )
 
+from integrity.cli import main
+from integrity.safety.scanner import scan_path
+
 REPO = Path(__file__).resolve().parents[1]
 CASES = malicious_cases()
 LOADABLE = [case for case in CASES if case.control]
-
-
-def by_name(cases: list[Case]) -> pytest.MarkDecorator:
-    return pytest.mark.parametrize("case", cases, ids=[case.name for case in cases])
 
 
 @pytest.fixture(scope="module")

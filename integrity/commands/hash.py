@@ -48,7 +48,7 @@ import select
 import stat
 import sys
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from contextlib import closing
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
@@ -56,12 +56,18 @@ from typing import BinaryIO, Literal
 from integrity import sha256sum
 from integrity.cli import EXIT_FAIL, EXIT_PASS, EXIT_USAGE, PROG
 from integrity.errors import UserError
-from integrity.files import PathProblem, describe_mode, open_regular, open_regular_file
+from integrity.files import (
+    PathProblem,
+    Unreadable,
+    describe_mode,
+    open_regular,
+    open_regular_file,
+    walk_tree,
+)
 from integrity.hashing import BLOCK_SIZE, parallel_map, sha256_fd
 from integrity.progress import Progress
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _STDIN = "-"
 _STDIN_LABEL = "standard input"
@@ -255,57 +261,29 @@ def _expand_folder(folder: str) -> list[_Job]:
         root = os.open(folder, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
     except OSError as exc:
         return [_Job(os.fsencode(folder), "problem", problem=_strerror(exc))]
-    # Depth-first with one open descriptor per level, never a recursion limit.
-    stack: list[tuple[int, str, Iterator[str]]] = []
     try:
-        try:
-            stack.append((root, "", iter(os.listdir(root))))
-        except OSError as exc:
-            os.close(root)
-            return [_Job(os.fsencode(folder), "problem", problem=f"cannot list: {_strerror(exc)}")]
-        while stack:
-            dir_fd, dir_rel, names = stack[-1]
-            name = next(names, None)
-            if name is None:
-                stack.pop()
-                os.close(dir_fd)
-                continue
-            rel = dir_rel + name
-            try:
-                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            except OSError as exc:
-                problem(rel, _strerror(exc))
-                continue
-            if stat.S_ISREG(st.st_mode):
+        for rel, item in walk_tree(root):
+            if isinstance(item, Unreadable):
+                reason = _strerror(item.error)
+                if item.action != "read":
+                    reason = f"cannot {item.action}: {reason}"
+                if not rel:
+                    return [_Job(os.fsencode(folder), "problem", problem=reason)]
+                problem(rel, reason)
+            elif stat.S_ISREG(item.st_mode):
                 found.append(
                     _Job(
                         os.fsencode(prefix + rel),
                         "member",
                         path=folder,
                         member=rel,
-                        size=st.st_size,
+                        size=item.st_size,
                     )
                 )
-            elif stat.S_ISDIR(st.st_mode):
-                try:
-                    sub = os.open(
-                        name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dir_fd
-                    )
-                except OSError as exc:
-                    problem(rel, f"cannot open folder: {_strerror(exc)}")
-                    continue
-                try:
-                    entries = os.listdir(sub)
-                except OSError as exc:
-                    os.close(sub)
-                    problem(rel, f"cannot list: {_strerror(exc)}")
-                    continue
-                stack.append((sub, rel + "/", iter(entries)))
             else:
-                problem(rel, _not_regular(st.st_mode))
+                problem(rel, _not_regular(item.st_mode))
     finally:
-        for dir_fd, _, _ in stack:
-            os.close(dir_fd)
+        os.close(root)
     found.sort(key=lambda job: job.display)
     return found
 
