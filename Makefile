@@ -13,7 +13,10 @@ test: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/ruff check .
 	$(TEST_VENV)/bin/ruff format --check .
 	$(TEST_VENV)/bin/mypy
-	$(TEST_VENV)/bin/python -m pytest
+	# Temporary test folders live in the checkout, not a shared /tmp, so
+	# leftovers from other runs on the machine cannot break this one.
+	mkdir -p .pytest-tmp
+	PYTEST_DEBUG_TEMPROOT=$(CURDIR)/.pytest-tmp $(TEST_VENV)/bin/python -m pytest
 
 bench: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/python benchmarks/bench_digests.py
@@ -31,4 +34,4 @@ $(TEST_VENV)/.installed: pyproject.toml
 	touch $@
 
 clean:
-	rm -rf $(DEMO_VENV) $(TEST_VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(DEMO_VENV) $(TEST_VENV) .mypy_cache .ruff_cache .pytest_cache .pytest-tmp .hypothesis

@@ -671,8 +671,30 @@ def test_deep_folder_is_walked_without_recursion_limit(
     os.close(leaf)
     os.close(current)
     manifest = root / MANIFEST
-    assert main(["init", "--manifest", str(manifest), "--model", str(deep)]) == 0
-    capsys.readouterr()
-    assert main(["verify", "--manifest", str(manifest), "--no-progress"]) == 0
-    assert main(["hash", str(deep)]) == 0
-    assert capsys.readouterr().out.count("weights.bin") == 1
+    try:
+        assert main(["init", "--manifest", str(manifest), "--model", str(deep)]) == 0
+        capsys.readouterr()
+        assert main(["verify", "--manifest", str(manifest), "--no-progress"]) == 0
+        assert main(["hash", str(deep)]) == 0
+        assert capsys.readouterr().out.count("weights.bin") == 1
+    finally:
+        _remove_chain(root, "model", "d", "weights.bin")
+
+
+def _remove_chain(parent: Path, top: str, link: str, leaf: str) -> None:
+    """Remove a single-child folder chain too deep for shutil.rmtree.
+
+    pytest's own clean-up of old temporary folders recurses, so a chain left
+    behind would crash a later session. Each child is moved up beside the chain
+    and its emptied parent removed: short paths, no recursion, no fd pile-up.
+    """
+    current = parent / top
+    step = 0
+    while (current / link).is_dir():
+        step += 1
+        lifted = parent / f"lifted-{step}"
+        os.rename(current / link, lifted)
+        os.rmdir(current)
+        current = lifted
+    os.unlink(current / leaf)
+    os.rmdir(current)
