@@ -660,18 +660,18 @@ def test_deep_folder_is_walked_without_recursion_limit(
     os.mkdir("repo", dir_fd=fd)
     os.close(fd)
     depth = sys.getrecursionlimit() + 50
-    current = os.open(root, os.O_RDONLY)
-    for name in ["model"] + ["d"] * depth:
-        os.mkdir(name, dir_fd=current)
-        nxt = os.open(name, os.O_RDONLY, dir_fd=current)
-        os.close(current)
-        current = nxt
-    leaf = os.open("weights.bin", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=current)
-    os.write(leaf, MODEL_BYTES)
-    os.close(leaf)
-    os.close(current)
     manifest = root / MANIFEST
     try:
+        current = os.open(root, os.O_RDONLY)
+        for name in ["model"] + ["d"] * depth:
+            os.mkdir(name, dir_fd=current)
+            nxt = os.open(name, os.O_RDONLY, dir_fd=current)
+            os.close(current)
+            current = nxt
+        leaf = os.open("weights.bin", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=current)
+        os.write(leaf, MODEL_BYTES)
+        os.close(leaf)
+        os.close(current)
         assert main(["init", "--manifest", str(manifest), "--model", str(deep)]) == 0
         capsys.readouterr()
         assert main(["verify", "--manifest", str(manifest), "--no-progress"]) == 0
@@ -689,6 +689,8 @@ def _remove_chain(parent: Path, top: str, link: str, leaf: str) -> None:
     and its emptied parent removed: short paths, no recursion, no fd pile-up.
     """
     current = parent / top
+    if not current.is_dir():
+        return
     step = 0
     while (current / link).is_dir():
         step += 1
@@ -696,5 +698,6 @@ def _remove_chain(parent: Path, top: str, link: str, leaf: str) -> None:
         os.rename(current / link, lifted)
         os.rmdir(current)
         current = lifted
-    os.unlink(current / leaf)
+    if (current / leaf).exists():
+        os.unlink(current / leaf)
     os.rmdir(current)
