@@ -21,7 +21,6 @@ EXIT_PASS = 0
 EXIT_FAIL = 1
 EXIT_USAGE = 2
 PROG = "model-integrity"
-CHECK_IDS = ("digests", "safety", "replay", "environment", "audit")
 
 
 class _Parser(argparse.ArgumentParser):

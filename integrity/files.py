@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,18 +77,24 @@ def open_regular_file(path: str | Path, *, follow_symlinks: bool) -> tuple[int, 
         )
     flags = os.O_RDONLY | os.O_NONBLOCK | _O_CLOEXEC | (0 if follow_symlinks else _O_NOFOLLOW)
     fd = os.open(path, flags)
+    return fd, _confirm_opened(fd, st, where, "changed while being opened; not read")
+
+
+def _confirm_opened(fd: int, expected: os.stat_result, where: str, detail: str) -> os.stat_result:
+    """The fstat of `fd`, opened O_NONBLOCK, once it is proven to be the regular
+    file `expected` describes; then blocking again. Otherwise `fd` is closed."""
     opened = os.fstat(fd)
     if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (
-        st.st_dev,
-        st.st_ino,
+        expected.st_dev,
+        expected.st_ino,
     ):
         os.close(fd)
-        raise PathProblem("special", where, "changed while being opened; not read")
+        raise PathProblem("special", where, detail)
     os.set_blocking(fd, True)
-    return fd, opened
+    return opened
 
 
-def open_root(root: Path) -> int:
+def open_root(root: str | Path) -> int:
     return os.open(root, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
 
 
@@ -158,15 +165,7 @@ def open_regular(root_fd: int, path: str) -> tuple[int, os.stat_result]:
             if exc.errno == errno.ELOOP:
                 raise PathProblem("symlink", path, "was replaced by a symlink") from None
             raise PathProblem("unreadable", path, f"cannot open: {exc.strerror}") from None
-        opened = os.fstat(fd)
-        if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (
-            st.st_dev,
-            st.st_ino,
-        ):
-            os.close(fd)
-            raise PathProblem("special", path, "changed while being opened; refusing to read it")
-        os.set_blocking(fd, True)
-        return fd, opened
+        return fd, _confirm_opened(fd, st, path, "changed while being opened; refusing to read it")
     finally:
         os.close(parent)
 
@@ -230,23 +229,24 @@ def walk_tree(dir_fd: int) -> Iterator[tuple[str, os.stat_result | Unreadable]]:
             os.close(fd)
 
 
-def list_directory(root_fd: int, path: str) -> list[str]:
-    """Every entry beneath manifest directory `path`, recursively, as manifest paths.
+def list_directory(root_fd: int, path: str) -> dict[str, os.stat_result]:
+    """Every entry beneath manifest directory `path`, recursively: manifest path to
+    lstat, sorted by path.
 
     Symlinks and special files are listed (so they can be reported), never followed.
     Raises OSError when part of the tree cannot be read.
     """
     parts = path.split("/")
     folder = _open_parent(root_fd, [*parts, "_"])
-    found: list[str] = []
+    found: dict[str, os.stat_result] = {}
     try:
         for rel, item in walk_tree(folder):
             if isinstance(item, Unreadable):
                 raise item.error
-            found.append(f"{path}/{rel}")
+            found[f"{path}/{rel}"] = item
     finally:
         os.close(folder)
-    return sorted(found)
+    return dict(sorted(found.items()))
 
 
 def lstat_path(root_fd: int, path: str) -> os.stat_result:
@@ -273,21 +273,6 @@ def display_name(name: str) -> str:
         return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def entry_mode(root_fd: int, path: str) -> int | None:
-    """lstat mode of manifest path `path` beneath root, or None when it or a parent is missing."""
-    parts = path.split("/")
-    try:
-        parent = _open_parent(root_fd, parts)
-    except PathProblem:
-        return None
-    try:
-        return os.stat(parts[-1], dir_fd=parent, follow_symlinks=False).st_mode
-    except OSError:
-        return None
-    finally:
-        os.close(parent)
-
-
 def list_names(root_fd: int, directory: str) -> set[str] | None:
     """Exact names in manifest folder `directory` ("" for the root); None if unreadable."""
     try:
@@ -306,3 +291,26 @@ def list_names(root_fd: int, directory: str) -> set[str] | None:
         return None
     finally:
         os.close(fd)
+
+
+def write_file_atomically(path: Path, data: bytes, *, overwrite: bool) -> None:
+    """Write `data` to `path` through a temporary file beside it, so a reader never
+    sees half a file. Unless `overwrite`, an existing file is kept (even one created
+    meanwhile) and FileExistsError raised. Raises OSError; leaves no temporary file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            # link() fails if the name exists, so a file created meanwhile is kept.
+            os.link(tmp, path)
+            os.unlink(tmp)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise

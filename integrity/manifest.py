@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -28,6 +27,7 @@ from pydantic import (
 
 from integrity.errors import ManifestError
 from integrity.paths import collision_key, escapes_root, is_within, manifest_path_problem
+from integrity.text import counted
 
 MANIFEST_VERSION: Literal[1] = 1
 DEFAULT_MANIFEST = "model-integrity.json"
@@ -219,25 +219,9 @@ def dump_manifest(manifest: Manifest) -> str:
 def write_manifest(text: str, path: Path, *, overwrite: bool) -> None:
     """Write manifest text (from dump_manifest) atomically; never replace an
     existing file unless `overwrite`."""
-    data = text.encode("utf-8")
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            # link() fails if the name exists, so a file created meanwhile is kept.
-            os.link(tmp, path)
-            os.unlink(tmp)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
+    from integrity.files import write_file_atomically
+
+    write_file_atomically(path, text.encode("utf-8"), overwrite=overwrite)
 
 
 def manifest_schema() -> dict[str, Any]:
@@ -373,7 +357,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     elif first["type"] == "string_pattern_mismatch" and location.endswith(".sha256"):
         message = "must be 64 lowercase hexadecimal characters"
     extra = len(errors) - 1
-    more = f" (and {extra} more problem{'s' if extra != 1 else ''})" if extra else ""
+    more = f" (and {counted(extra, 'more problem')})" if extra else ""
     where = f"{location}: " if location else ""
     return f"{where}{message}{more}"
 

@@ -12,6 +12,8 @@ import time
 from types import TracebackType
 from typing import TextIO
 
+from integrity.text import is_terminal
+
 
 def human_size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -19,6 +21,11 @@ def human_size(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def draws_bar(stream: TextIO) -> bool:
+    """Whether progress on `stream` is a bar redrawn in place (a terminal), not log lines."""
+    return is_terminal(stream) and os.environ.get("TERM") != "dumb"
 
 
 class Progress:
@@ -39,7 +46,7 @@ class Progress:
         self.total = total
         self.done = 0
         self._stream = stream if stream is not None else sys.stderr
-        self._tty = self._stream.isatty() and os.environ.get("TERM") != "dumb"
+        self._tty = draws_bar(self._stream)
         self._delay = delay
         self._interval = 0.2 if self._tty else log_interval
         self._lock = threading.Lock()

@@ -18,6 +18,20 @@ def printable(text: str) -> str:
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 file', '2 files': a count and its noun, plural when it is not one."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def is_terminal(stream: object) -> bool:
+    """Whether `stream` is a terminal; False for anything without a usable isatty."""
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty()) if callable(isatty) else False
+    except (OSError, ValueError):  # closed or detached
+        return False
+
+
 def write_text(stream: TextIO, text: str) -> None:
     """Write `text` whatever the stream's encoding: characters it cannot encode
     (an ASCII or cp1252 console, a file name in another script) are escaped

@@ -11,10 +11,14 @@ digest was proven).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol
 
+from integrity.files import open_root
 from integrity.manifest import Manifest
 from integrity.report import Finding
 
@@ -38,6 +42,20 @@ class CheckOutcome:
 
 class CheckIncomplete(Exception):
     """The check's own work could not finish; the message says why."""
+
+
+@contextmanager
+def root_folder(context: CheckContext) -> Iterator[int]:
+    """A descriptor for the manifest's folder, which every recorded path is opened
+    beneath; the check cannot finish without it."""
+    try:
+        root_fd = open_root(context.root)
+    except OSError as exc:
+        raise CheckIncomplete(f"cannot open {context.root}: {exc.strerror}") from None
+    try:
+        yield root_fd
+    finally:
+        os.close(root_fd)
 
 
 class Check(Protocol):

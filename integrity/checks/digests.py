@@ -16,23 +16,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from integrity.checks import CheckContext, CheckIncomplete, CheckOutcome
+from integrity.checks import CheckContext, CheckOutcome, root_folder
 from integrity.files import (
     PathProblem,
     describe_mode,
     display_name,
-    entry_mode,
     list_directory,
     list_names,
     lstat_path,
     open_regular,
-    open_root,
 )
 from integrity.hashing import parallel_map, sha256_fd
 from integrity.manifest import FileDigest, Manifest
 from integrity.paths import collision_key, is_within
 from integrity.progress import Progress, human_size
 from integrity.report import Finding
+from integrity.text import counted
 
 _PROBLEM_CODES = {
     "missing": "missing",
@@ -54,19 +53,12 @@ class DigestsCheck:
     id: ClassVar[str] = "digests"
 
     def run(self, manifest: Manifest, context: CheckContext) -> CheckOutcome:
-        try:
-            root_fd = open_root(context.root)
-        except OSError as exc:
-            raise CheckIncomplete(f"cannot open {context.root}: {exc.strerror}") from None
-        try:
+        with root_folder(context) as root_fd:
             return self._run(manifest, context, root_fd)
-        finally:
-            os.close(root_fd)
 
     def _run(self, manifest: Manifest, context: CheckContext, root_fd: int) -> CheckOutcome:
         findings: list[Finding] = []
         recorded = {f.path: f for f in manifest.files}
-        manifest_rel = _relative_to_root(context)
         broken_dirs: list[str] = []
         names = _NameIndex(root_fd)
 
@@ -88,9 +80,9 @@ class DigestsCheck:
                 findings.append(_unreadable(artifact.path, f"cannot list folder: {exc.strerror}"))
                 broken_dirs.append(artifact.path)
                 continue
-            for path in present:
-                if path not in recorded and path != manifest_rel:
-                    findings.append(_added(root_fd, path))
+            for path, st in present.items():
+                if path not in recorded:
+                    findings.append(_added(path, st.st_mode))
 
         to_hash = [f for f in manifest.files if not any(is_within(f.path, d) for d in broken_dirs)]
         total = sum(f.size for f in to_hash)
@@ -112,12 +104,9 @@ class DigestsCheck:
         findings.sort(key=lambda f: (f.path or "", f.code))
         checked = len(manifest.files)
         if findings:
-            summary = (
-                f"{len(findings)} problem{'s' if len(findings) != 1 else ''} in "
-                f"{checked} recorded file{'s' if checked != 1 else ''}"
-            )
+            summary = f"{counted(len(findings), 'problem')} in {counted(checked, 'recorded file')}"
         else:
-            summary = f"{verified} file{'s' if verified != 1 else ''} match ({human_size(total)})"
+            summary = f"{counted(verified, 'file')} match ({human_size(total)})"
         return CheckOutcome(summary=summary, findings=findings)
 
 
@@ -251,10 +240,9 @@ def _directory_problem(root_fd: int, path: str, names: _NameIndex) -> Finding | 
     )
 
 
-def _added(root_fd: int, path: str) -> Finding:
-    mode = entry_mode(root_fd, path)
+def _added(path: str, mode: int) -> Finding:
     what = "file"
-    if mode is not None and not stat.S_ISREG(mode):
+    if not stat.S_ISREG(mode):
         what = describe_mode(mode).removeprefix("a ").removeprefix("an ")
     shown = display_name(path)
     return Finding(
@@ -267,9 +255,3 @@ def _added(root_fd: int, path: str) -> Finding:
 
 def _unreadable(path: str, detail: str) -> Finding:
     return Finding(level="error", code="unreadable", message=f"{path}: {detail}", path=path)
-
-
-def _relative_to_root(context: CheckContext) -> str:
-    return os.path.relpath(os.path.abspath(context.manifest_path), context.root).replace(
-        os.sep, "/"
-    )

@@ -12,17 +12,18 @@ import contextlib
 import os
 from typing import ClassVar
 
-from integrity.checks import CheckContext, CheckOutcome
-from integrity.files import PathProblem, list_directory, open_regular, open_root
+from integrity.checks import CheckContext, CheckOutcome, root_folder
+from integrity.files import PathProblem, list_directory, open_regular
 from integrity.manifest import Manifest
 from integrity.report import Finding
 from integrity.safety.allowlist import AllowList
 from integrity.safety.scanner import ScanResult, scan_fd
+from integrity.text import counted
 
 
 def allowlist_for(manifest: Manifest) -> AllowList:
     entries = manifest.safety.allow if manifest.safety else []
-    return AllowList.from_pairs([(g.module, g.name, g.reason) for g in entries])
+    return AllowList({(g.module, g.name): g.reason for g in entries})
 
 
 def model_files(manifest: Manifest, root_fd: int) -> list[str]:
@@ -68,11 +69,10 @@ class SafetyCheck:
 
     def run(self, manifest: Manifest, context: CheckContext) -> CheckOutcome:
         allowlist = allowlist_for(manifest)
-        root_fd = open_root(context.root)
         findings: list[Finding] = []
         scanned: list[str] = []
         formats: set[str] = set()
-        try:
+        with root_folder(context) as root_fd:
             for path in model_files(manifest, root_fd):
                 try:
                     fd, _ = open_regular(root_fd, path)
@@ -85,8 +85,6 @@ class SafetyCheck:
                 scanned.append(path)
                 formats.add(scan.format)
                 findings.extend(scan_findings(path, scan))
-        finally:
-            os.close(root_fd)
         unsafe = sorted({f.path for f in findings if f.level == "error" and f.path})
         if unsafe:
             summary = f"{len(unsafe)} of {len(scanned)} model files would run code when loaded"
@@ -101,7 +99,6 @@ class SafetyCheck:
             )
         else:
             summary = (
-                f"{len(scanned)} model file{'s' if len(scanned) != 1 else ''} safe to load "
-                f"({', '.join(sorted(formats))})"
+                f"{counted(len(scanned), 'model file')} safe to load ({', '.join(sorted(formats))})"
             )
         return CheckOutcome(summary=summary, findings=findings)

@@ -62,13 +62,13 @@ from integrity.files import (
     describe_mode,
     open_regular,
     open_regular_file,
+    open_root,
     walk_tree,
 )
 from integrity.hashing import BLOCK_SIZE, parallel_map, sha256_fd
-from integrity.progress import Progress
+from integrity.progress import Progress, draws_bar
+from integrity.text import counted, is_terminal
 
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _STDIN = "-"
 _STDIN_LABEL = "standard input"
 # A checksum line is a digest and a name (at most PATH_MAX bytes, twice that
@@ -156,11 +156,9 @@ def _run_check(check: str) -> int:
                 mismatched += 1
                 output.line(sha256sum.format_check_status(entry.name, "FAILED"))
     if unreadable:
-        files = "file" if unreadable == 1 else "files"
-        output.warning(f"WARNING: {unreadable} listed {files} could not be read")
+        output.warning(f"WARNING: {counted(unreadable, 'listed file')} could not be read")
     if mismatched:
-        sums = "checksum" if mismatched == 1 else "checksums"
-        output.warning(f"WARNING: {mismatched} computed {sums} did NOT match")
+        output.warning(f"WARNING: {counted(mismatched, 'computed checksum')} did NOT match")
     return EXIT_FAIL if unreadable or mismatched else EXIT_PASS
 
 
@@ -258,7 +256,7 @@ def _expand_folder(folder: str) -> list[_Job]:
         found.append(_Job(os.fsencode(prefix + rel), "problem", problem=text))
 
     try:
-        root = os.open(folder, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+        root = open_root(folder)
     except OSError as exc:
         return [_Job(os.fsencode(folder), "problem", problem=_strerror(exc))]
     try:
@@ -426,7 +424,7 @@ def _open_regular_file(path: str) -> int:
 
 def _open_member(folder: str, member: str) -> int:
     """Open `member` beneath `folder` with no symlink followed (see integrity.files)."""
-    root = os.open(folder, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+    root = open_root(folder)
     try:
         fd, _ = open_regular(root, member)
     finally:
@@ -459,9 +457,8 @@ class _Output:
         self._out: BinaryIO = sys.stdout.buffer
         self._err: BinaryIO = sys.stderr.buffer
         # On a terminal, wipe the progress bar before a line is printed over it.
-        tty = _isatty(sys.stderr) and os.environ.get("TERM") != "dumb"
-        self._clear_err = b"\r\x1b[K" if tty else b""
-        self._clear_out = self._clear_err if _isatty(sys.stdout) else b""
+        self._clear_err = b"\r\x1b[K" if draws_bar(sys.stderr) else b""
+        self._clear_out = self._clear_err if is_terminal(sys.stdout) else b""
 
     def line(self, data: bytes) -> None:
         if self._clear_out:
@@ -480,14 +477,6 @@ class _Output:
         self._out.flush()
         self._err.write(self._clear_err + PROG.encode("ascii") + b": " + text + b"\n")
         self._err.flush()
-
-
-def _isatty(stream: object) -> bool:
-    isatty = getattr(stream, "isatty", None)
-    try:
-        return bool(isatty()) if callable(isatty) else False
-    except (OSError, ValueError):
-        return False
 
 
 def _one_line(name: bytes) -> bytes:

@@ -11,7 +11,14 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from integrity.errors import UserError
-from integrity.files import PathProblem, describe_mode, list_directory, open_regular, open_root
+from integrity.files import (
+    PathProblem,
+    describe_mode,
+    list_directory,
+    lstat_path,
+    open_regular,
+    open_root,
+)
 from integrity.hashing import parallel_map, sha256_fd
 from integrity.manifest import (
     Artifact,
@@ -23,6 +30,7 @@ from integrity.manifest import (
 )
 from integrity.paths import escapes_root, to_manifest_path
 from integrity.progress import Progress, human_size
+from integrity.text import counted
 
 
 def _artifact(root: Path, given: str, role: str) -> Artifact:
@@ -58,32 +66,33 @@ def collect_artifacts(root: Path, model: str, others: list[str]) -> list[Artifac
     return list(by_path.values())
 
 
-def expand_files(root_fd: int, artifacts: list[Artifact], exclude: set[str]) -> list[str]:
-    """Every file the artifacts cover; refuses symlinks and special files inside folders."""
-    files: set[str] = set()
+def expand_files(root_fd: int, artifacts: list[Artifact]) -> dict[str, int]:
+    """Every file the artifacts cover, with its size, sorted by path; refuses
+    symlinks and special files inside folders."""
+    sizes: dict[str, int] = {}
     for artifact in artifacts:
-        if artifact.type == "file":
-            files.add(artifact.path)
-            continue
-        for path in list_directory(root_fd, artifact.path):
-            if path in exclude:
+        try:
+            if artifact.type == "file":
+                sizes[artifact.path] = lstat_path(root_fd, artifact.path).st_size
                 continue
-            mode = os.stat(path, dir_fd=root_fd, follow_symlinks=False).st_mode
-            if not stat.S_ISREG(mode):
+            entries = list_directory(root_fd, artifact.path)
+        except PathProblem as problem:
+            raise UserError(str(problem)) from None
+        except OSError as exc:
+            raise UserError(f"{artifact.path}: cannot list folder: {exc.strerror}") from None
+        for path, st in entries.items():
+            if not stat.S_ISREG(st.st_mode):
                 raise UserError(
-                    f"{path}: is {describe_mode(mode)} inside a recorded folder; "
+                    f"{path}: is {describe_mode(st.st_mode)} inside a recorded folder; "
                     "only regular files can be recorded"
                 )
-            files.add(path)
-    return sorted(files)
+            sizes[path] = st.st_size
+    return dict(sorted(sizes.items()))
 
 
-def hash_files(root_fd: int, paths: list[str], show_progress: bool) -> list[FileDigest]:
-    total = 0
-    for path in paths:
-        total += os.stat(path, dir_fd=root_fd, follow_symlinks=False).st_size
-
-    with Progress("hashing", total, enabled=show_progress) as progress:
+def hash_files(root_fd: int, sizes: dict[str, int], show_progress: bool) -> list[FileDigest]:
+    """The digest of every file in `sizes` (path to size, for the progress total)."""
+    with Progress("hashing", sum(sizes.values()), enabled=show_progress) as progress:
 
         def digest(path: str) -> FileDigest:
             try:
@@ -98,7 +107,7 @@ def hash_files(root_fd: int, paths: list[str], show_progress: bool) -> list[File
                 os.close(fd)
             return FileDigest(path=path, sha256=sha256, size=size)
 
-        return list(parallel_map(digest, paths))
+        return list(parallel_map(digest, sizes))
 
 
 def run_init(args: argparse.Namespace) -> int:
@@ -120,14 +129,7 @@ def run_init(args: argparse.Namespace) -> int:
             raise UserError(f"{manifest_path}: is the manifest; it cannot record itself")
     root_fd = open_root(root)
     try:
-        # The manifest and its temporary files never record themselves.
-        exclude = {manifest_rel}
-        paths = [
-            p
-            for p in expand_files(root_fd, artifacts, exclude)
-            if not (p.rpartition("/")[2].startswith(f".{manifest_rel}.") and "/" not in p)
-        ]
-        digests = hash_files(root_fd, paths, show_progress=True)
+        digests = hash_files(root_fd, expand_files(root_fd, artifacts), show_progress=True)
     finally:
         os.close(root_fd)
     try:
@@ -144,8 +146,8 @@ def run_init(args: argparse.Namespace) -> int:
         raise UserError(f"{manifest_path}: cannot write: {exc.strerror}") from None
     total = sum(d.size for d in digests)
     print(
-        f"wrote {manifest_path}: {len(digests)} file{'s' if len(digests) != 1 else ''} "
-        f"({human_size(total)}) in {len(artifacts)} artifact{'s' if len(artifacts) != 1 else ''}",
+        f"wrote {manifest_path}: {counted(len(digests), 'file')} "
+        f"({human_size(total)}) in {counted(len(artifacts), 'artifact')}",
         file=sys.stdout,
     )
     return 0

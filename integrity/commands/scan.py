@@ -9,14 +9,15 @@ import sys
 from pathlib import Path
 
 from integrity.errors import UserError
+from integrity.files import Unreadable, open_root, walk_tree
 from integrity.safety.allowlist import AllowList
 from integrity.safety.scanner import ScanResult, scan_path
-from integrity.text import printable, write_text
+from integrity.text import counted, printable, write_text
 
 
 def _expand(paths: list[str]) -> list[Path]:
-    """Files named, and every file inside folders named (symlinks are scanned as
-    what they are: refused, never followed)."""
+    """Files named, and every entry inside folders named (symlinks and special
+    files are scanned as what they are: refused, never followed or opened)."""
     found: list[Path] = []
     for given in paths:
         path = Path(given)
@@ -27,12 +28,29 @@ def _expand(paths: list[str]) -> list[Path]:
         except OSError as exc:
             raise UserError(f"{given}: cannot read: {exc.strerror}") from None
         if stat.S_ISDIR(mode):
-            for folder, dirs, files in os.walk(path):
-                dirs.sort()
-                found.extend(Path(folder) / name for name in sorted(files))
+            found.extend(path / rel for rel in _folder_entries(path))
         else:
             found.append(path)
     return found
+
+
+def _folder_entries(folder: Path) -> list[str]:
+    """Every entry beneath `folder` but its subfolders; a part that cannot be read
+    is an error, never a silent gap in the scan."""
+    try:
+        root = open_root(folder)
+    except OSError as exc:
+        raise UserError(f"{folder}: cannot open folder: {exc.strerror}") from None
+    entries: list[str] = []
+    try:
+        for rel, item in walk_tree(root):
+            if isinstance(item, Unreadable):
+                where = folder / rel if rel else folder
+                raise UserError(f"{where}: cannot {item.action}: {item.error.strerror}")
+            entries.append(rel)
+    finally:
+        os.close(root)
+    return entries
 
 
 def _render(result: ScanResult) -> str:
@@ -42,7 +60,7 @@ def _render(result: ScanResult) -> str:
         what = (
             "not an executable format: nothing runs when it is read"
             if result.format in ("not-pickle", "empty")
-            else f"{result.format}, {used} allowed global{'s' if used != 1 else ''}"
+            else f"{result.format}, {counted(used, 'allowed global')}"
         )
         lines = [f"safe    {name}  ({what})"]
     else:

@@ -13,6 +13,7 @@ from integrity.errors import UserError
 from integrity.manifest import Manifest, load_manifest, manifest_root
 from integrity.paths import is_within
 from integrity.report import CheckResult, Report, overall_status, status_from_findings
+from integrity.text import is_terminal, write_text
 
 
 def select_checks(known: list[str], only: list[str] | None, skip: list[str] | None) -> list[str]:
@@ -87,7 +88,6 @@ def run_checks(
 def run_verify(args: argparse.Namespace) -> int:
     from integrity.render.console import render_console
     from integrity.render.json_report import write_json_report
-    from integrity.text import write_text
 
     manifest_path = Path(args.manifest)
     outputs = [Path(p) for p in [args.json] if p]
@@ -149,7 +149,4 @@ def _refuse_writing_artifacts(outputs: list[Path], manifest: Manifest, root: Pat
 
 
 def _use_color(stream: object) -> bool:
-    if os.environ.get("NO_COLOR"):
-        return False
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
+    return not os.environ.get("NO_COLOR") and is_terminal(stream)

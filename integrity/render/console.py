@@ -8,7 +8,7 @@ the terminal or forge log lines.
 from __future__ import annotations
 
 from integrity.report import CheckResult, Report
-from integrity.text import printable
+from integrity.text import counted, printable
 
 _STYLE = {"pass": "32", "fail": "31", "error": "31", "warn": "33", "skip": "2"}
 _LEVEL_STYLE = {"error": "31", "warning": "33", "notice": "36"}
@@ -31,7 +31,7 @@ def _verdict(report: Report, color: bool) -> str:
     ran = [c for c in report.checks if c.status != "skip"]
     if report.status == "pass":
         head = _paint("PASS", "1;32", color)
-        text = f"integrity proven: {len(ran)} check{'s' if len(ran) != 1 else ''} passed"
+        text = f"integrity proven: {counted(len(ran), 'check')} passed"
         warned = [c.id for c in report.checks if c.status == "warn"]
         if warned:
             text += f" (warnings: {', '.join(warned)})"

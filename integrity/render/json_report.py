@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from integrity.errors import UserError
+from integrity.files import write_file_atomically
 from integrity.report import Report
 
 
@@ -16,19 +15,9 @@ def render_json(report: Report) -> str:
 
 def write_report_file(text: str, path: Path) -> None:
     """Write a report atomically (a reader never sees half a report)."""
-    directory = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        write_file_atomically(path, text.encode("utf-8"), overwrite=True)
     except OSError as exc:
-        raise UserError(f"{path}: cannot write report: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
         raise UserError(f"{path}: cannot write report: {exc.strerror}") from None
 
 

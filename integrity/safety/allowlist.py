@@ -27,39 +27,46 @@ def is_dunder(name: str) -> bool:
     return len(name) > 4 and name.startswith("__") and name.endswith("__")
 
 
+def _names_dunder(module: str, name: str) -> bool:
+    return is_dunder(name) or any(is_dunder(part) for part in module.split("."))
+
+
+def _dangerous_module(module: str) -> str | None:
+    """What the module (or its top-level package) is known to do, if it is known-dangerous."""
+    for candidate in (module, module.split(".")[0]):
+        if candidate in DANGEROUS_MODULES:
+            return DANGEROUS_MODULES[candidate]
+    return None
+
+
 def describe(module: str, name: str) -> str:
     """What a global would do, in plain words, for a finding."""
     known = DANGEROUS_GLOBALS.get((module, name))
     if known:
         return known
-    top = module.split(".")[0]
-    for candidate in (module, top):
-        if candidate in DANGEROUS_MODULES:
-            return f"{DANGEROUS_MODULES[candidate]}; not on the allow-list"
+    in_module = _dangerous_module(module)
+    if in_module:
+        return f"{in_module}; not on the allow-list"
     return "not on the allow-list: loading would import it and may call it with any arguments"
 
 
 def refusal_to_extend(module: str, name: str) -> str | None:
     """Why a manifest may not allow (module, name), or None. Known-dangerous
     callables and modules are never allowed, whatever reason is given."""
-    if "." in name or is_dunder(name) or any(is_dunder(p) for p in module.split(".")):
+    if "." in name or _names_dunder(module, name):
         return "is a dotted or dunder name; never allowed"
     if (module, name) in DANGEROUS_GLOBALS:
         return f"is never allowed: {DANGEROUS_GLOBALS[(module, name)]}"
-    for candidate in (module, module.split(".")[0]):
-        if candidate in DANGEROUS_MODULES:
-            return f"is in a module that is never allowed ({DANGEROUS_MODULES[candidate]})"
+    in_module = _dangerous_module(module)
+    if in_module:
+        return f"is in a module that is never allowed ({in_module})"
     return None
 
 
 class AllowList:
     def __init__(self, extra: Mapping[tuple[str, str], str] | None = None) -> None:
+        """`extra`: the manifest's own entries, (module, name) to the reason given."""
         self._extra = dict(extra or {})
-
-    @classmethod
-    def from_pairs(cls, entries: list[tuple[str, str, str]]) -> AllowList:
-        """From (module, name, reason) triples, as the manifest's safety.allow holds them."""
-        return cls({(module, name): reason for module, name, reason in entries})
 
     def verdict(self, module: str, name: str) -> Verdict:
         qualified = f"{module}.{name}"
@@ -70,7 +77,7 @@ class AllowList:
                 f"dotted name {name!r}: the unpickler would walk attributes from "
                 f"{module!r} to reach any object; never allowed",
             )
-        if is_dunder(name) or any(is_dunder(part) for part in module.split(".")):
+        if _names_dunder(module, name):
             return Verdict(
                 False,
                 "dunder-name",
@@ -81,6 +88,3 @@ class AllowList:
         if (module, name) in self._extra:
             return Verdict(True, extended_reason=self._extra[(module, name)])
         return Verdict(False, "disallowed-global", describe(module, name))
-
-    def reason(self, module: str, name: str) -> str | None:
-        return ALLOWED_GLOBALS.get((module, name)) or self._extra.get((module, name))

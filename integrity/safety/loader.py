@@ -52,8 +52,8 @@ def _restricted_find_class(allowlist: AllowList, proto: int, module: str, name: 
         raise UnsafeModelError(f"refused to load global {module}.{name}: {verdict.description}")
 
 
-def _unpickler_classes(allowlist: AllowList) -> tuple[type[Any], type[Any]]:
-    """(plain restricted unpickler, joblib-aware restricted unpickler)."""
+def _restricted_joblib_unpickler(allowlist: AllowList) -> type[Any]:
+    """joblib's unpickler, held to the allow-list, nested object arrays included."""
     from joblib.numpy_pickle import NumpyArrayWrapper, NumpyUnpickler
 
     class RestrictedUnpickler(pickle._Unpickler):
@@ -86,7 +86,7 @@ def _unpickler_classes(allowlist: AllowList) -> tuple[type[Any], type[Any]]:
         def persistent_load(self, pid: Any) -> Any:
             raise UnsafeModelError("refused a persistent id")
 
-    return RestrictedUnpickler, RestrictedNumpyUnpickler
+    return RestrictedNumpyUnpickler
 
 
 def _open_regular(path: Path) -> int:
@@ -116,7 +116,7 @@ def load_model(path: Path, allowlist: AllowList | None = None) -> Any:
             return _load_skops(fd, path, allowlist)
         else:
             raise UnsafeModelError(f"{path}: {scan.format} files are not loadable models")
-        _, joblib_unpickler = _unpickler_classes(allowlist)
+        joblib_unpickler = _restricted_joblib_unpickler(allowlist)
         kwargs: dict[str, Any] = {}
         if "ensure_native_byte_order" in inspect.signature(joblib_unpickler.__init__).parameters:
             kwargs["ensure_native_byte_order"] = True
