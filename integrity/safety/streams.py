@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bz2
 import lzma
-import os
 import zlib
 from typing import Protocol
 
@@ -144,34 +143,25 @@ class DecompressingSource:
         self._pos = 0  # into _buffer
         self._consumed = 0  # decompressed bytes before _buffer
         self._produced = 0
-        self._input_done = False
-        self._pending = b""
 
     def _fill(self) -> bool:
         """Decompress one more block into the buffer; False at the end of input."""
         while True:
             d = self._decompressor
             if d.eof:
-                rest = d.unused_data or self._pending
-                self._pending = b""
-                if not rest:
-                    rest = self._raw.read(BLOCK)
-                if not rest:
+                data = d.unused_data or self._raw.read(BLOCK)
+                if not data:
                     return False
                 self._decompressor = d = self._factory()
-                data = rest
             elif d.needs_input:
-                data = self._pending or self._raw.read(BLOCK)
-                self._pending = b""
+                data = self._raw.read(BLOCK)
                 if not data:
                     raise StreamError(f"{self._method} stream is truncated")
             else:
                 data = b""
             try:
                 out = d.decompress(data, BLOCK)
-            except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as exc:
-                raise StreamError(f"corrupt {self._method} data: {exc}") from None
-            except Exception as exc:  # lz4 raises its own RuntimeError subclasses
+            except Exception as exc:  # OSError, EOFError, zlib.error, LZMAError, lz4's RuntimeError
                 raise StreamError(f"corrupt {self._method} data: {exc}") from None
             if out:
                 self._produced += len(out)
@@ -219,7 +209,3 @@ class DecompressingSource:
 
     def tell(self) -> int:
         return self._consumed + self._pos
-
-
-def file_size(fd: int) -> int:
-    return os.fstat(fd).st_size
