@@ -166,27 +166,18 @@ def checked(command: Command, cwd: Path) -> Run:
 
 # --- correctness -----------------------------------------------------------------------
 
-_SHA256SUM_LINE = re.compile(r"^([0-9a-f]{64})  (.+)$")
-_OPENSSL_LINE = re.compile(r"^SHA2?-?256\((.+)\)= ([0-9a-f]{64})$")
+_SHA256SUM_LINE = re.compile(r"^(?P<digest>[0-9a-f]{64})  (?P<name>.+)$")
+_OPENSSL_LINE = re.compile(r"^SHA2?-?256\((?P<name>.+)\)= (?P<digest>[0-9a-f]{64})$")
 
 
-def parse_sha256sum(text: bytes) -> dict[str, str]:
+def parse_digests(tool: str, line_format: re.Pattern[str], text: bytes) -> dict[str, str]:
+    """{file name: digest} from `tool`'s output, one `line_format` match per line."""
     found = {}
     for line in text.decode().splitlines():
-        match = _SHA256SUM_LINE.match(line)
+        match = line_format.match(line)
         if not match:
-            raise BenchmarkError(f"sha256sum printed an unexpected line: {line!r}")
-        found[match.group(2)] = match.group(1)
-    return found
-
-
-def parse_openssl(text: bytes) -> dict[str, str]:
-    found = {}
-    for line in text.decode().splitlines():
-        match = _OPENSSL_LINE.match(line)
-        if not match:
-            raise BenchmarkError(f"openssl printed an unexpected line: {line!r}")
-        found[match.group(1)] = match.group(2)
+            raise BenchmarkError(f"{tool} printed an unexpected line: {line!r}")
+        found[match["name"]] = match["digest"]
     return found
 
 
@@ -264,16 +255,16 @@ def bench_dataset(
     # Warm-up: every command once, untimed; sha256sum first reads everything into the
     # page cache and gives the reference digests; init writes the manifest verify uses.
     expected_out = checked(reference, folder).stdout
-    expected = parse_sha256sum(expected_out)
+    expected = parse_digests("sha256sum", _SHA256SUM_LINE, expected_out)
     if sorted(expected) != sorted(names):
         raise BenchmarkError(f"sha256sum listed {sorted(expected)}, expected {names}")
     for command in commands:
-        result = checked(command, folder)
-        _validate(command.key, result, expected_out, expected, folder)
+        if command is not reference:  # its warm-up run was the one just above
+            result = checked(command, folder)
+            _validate(command.key, result, expected_out, expected, folder)
 
     for round_ in range(runs):
-        shift = round_ % len(commands)
-        for command in commands[shift:] + commands[:shift]:
+        for command in measure.rotated(commands, round_):
             for attempt in range(retries + 1):
                 result = checked(command, folder)
                 _validate(command.key, result, expected_out, expected, folder)
@@ -289,12 +280,10 @@ def bench_dataset(
 def _validate(
     key: str, result: Run, expected_out: bytes, expected: dict[str, str], folder: Path
 ) -> None:
-    if key == "hash":
+    if key in ("hash", "sha256sum"):  # sha256sum: stable between runs
         check_hash_output(expected_out, result.stdout)
     elif key == BASELINE:
-        check_same("openssl", expected, parse_openssl(result.stdout))
-    elif key == "sha256sum":
-        check_hash_output(expected_out, result.stdout)  # stable between runs
+        check_same("openssl", expected, parse_digests("openssl", _OPENSSL_LINE, result.stdout))
     elif key == "init":
         check_same("the manifest's", expected, manifest_digests(folder / MANIFEST))
 
@@ -438,10 +427,8 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(OSError):
                 args.data_dir.rmdir()  # only if nothing else is left in it
 
-    given = sys.argv[1:] if argv is None else argv
-    command_line = " ".join(["python", "benchmarks/bench_digests.py", *given])
     report = (
-        f"Command: `{command_line}`\n\n"
+        f"Command: `{measure.command_line('bench_digests.py', argv)}`\n\n"
         f"{machine(cli, cores)}\n"
         f"- Wall time: median of {args.runs} timed run(s) per command, after one untimed "
         "warm-up run of every command (all data in the page cache); commands rotate order "

@@ -53,7 +53,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -74,17 +73,20 @@ SCAN = "model-integrity scan"
 # What joblib.load of a forest imports before it reads any array.
 IMPORTS = "import joblib, sklearn.ensemble"
 RAW, COMPRESSED = "raw", "compress=3"
+# The files this benchmark writes in --data-dir, and only these are deleted.
+MODEL_FILES = {RAW: "forest_raw.joblib", COMPRESSED: "forest_compress3.joblib"}
+META = "meta.json"
 TIMEOUT = 3600  # seconds for one command run; longer is killed and reported
 
 # Built in a child process (niced), so this process never holds the model.
-# argv: directory, target size in bytes. Prints the metadata as JSON.
+# argv: directory, target size in bytes, MODEL_FILES as JSON. Prints the metadata as JSON.
 _BUILD = r"""
 import io, json, os, sys, time
 import joblib, numpy, sklearn
 from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 
-out, target = sys.argv[1], int(sys.argv[2])
+out, target, files = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 params = dict(n_samples=200_000, n_features=20, n_informative=10, n_redundant=4,
               flip_y=0.1, random_state=0)
 X, y = make_classification(**params)
@@ -99,7 +101,6 @@ started = time.perf_counter()
 model = RandomForestClassifier(n_estimators=n_estimators, **forest).fit(X, y)
 fit_seconds = time.perf_counter() - started
 accuracy = float(model.score(X[:20_000], y[:20_000]))
-files = {"raw": "forest_raw.joblib", "compress=3": "forest_compress3.joblib"}
 joblib.dump(model, os.path.join(out, files["raw"] + ".tmp"))
 joblib.dump(model, os.path.join(out, files["compress=3"] + ".tmp"), compress=3)
 sizes = {}
@@ -147,7 +148,6 @@ class FileBench:
     path: Path
     size: int
     commands: list[Command]
-    verdicts: dict[str, str] = field(default_factory=dict)
 
 
 # --- data --------------------------------------------------------------------------------
@@ -163,10 +163,20 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def delete_model(data_dir: Path) -> None:
+    """Remove what ensure_model writes, then the folder if nothing else is in it:
+    --data-dir may name a folder that holds other files too."""
+    for name in (META, *MODEL_FILES.values(), *(f"{n}.tmp" for n in MODEL_FILES.values())):
+        with contextlib.suppress(FileNotFoundError):
+            (data_dir / name).unlink()
+    with contextlib.suppress(OSError):
+        data_dir.rmdir()
+
+
 def ensure_model(data_dir: Path, size_mb: float) -> dict[str, object]:
     """The cached forest files, built when missing or made for another size or versions."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    meta_path = data_dir / "meta.json"
+    meta_path = data_dir / META
     target = int(size_mb * MB)
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         meta = json.loads(meta_path.read_text())
@@ -187,7 +197,10 @@ def ensure_model(data_dir: Path, size_mb: float) -> dict[str, object]:
     with contextlib.suppress(FileNotFoundError):
         meta_path.unlink()
     done = subprocess.run(
-        ["nice", "-n", "19", sys.executable, "-c", _BUILD, str(data_dir), str(target)],
+        [
+            *("nice", "-n", "19", sys.executable, "-c", _BUILD),
+            *(str(data_dir), str(target), json.dumps(MODEL_FILES)),
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -274,9 +287,8 @@ def bench_file(bench: FileBench, args: argparse.Namespace) -> None:
     for command in bench.commands:
         print(f"  warm-up: {command.tool}", file=sys.stderr)
         command.warmup = run(command.argv, REPO, timeout=TIMEOUT)
-    order = list(bench.commands)
     for round_ in range(args.runs):
-        for command in order:
+        for command in measure.rotated(bench.commands, round_):
             waited, quiet = wait_quiet(args.quiet_threshold, args.quiet_seconds, args.quiet_timeout)
             result = run(command.argv, REPO, timeout=TIMEOUT)
             command.runs.append(result)
@@ -288,9 +300,6 @@ def bench_file(bench: FileBench, args: argparse.Namespace) -> None:
                 + ("" if quiet else " (machine never quiet)"),
                 file=sys.stderr,
             )
-        order = order[1:] + order[:1]
-    for command in bench.commands:
-        bench.verdicts[command.tool] = verdict(command, bench.path)
 
 
 # --- verdicts ----------------------------------------------------------------------------
@@ -303,10 +312,14 @@ _KEY_LINE = re.compile(
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
+def shown_output(run_: Run, path: Path) -> str:
+    """A run's output without ANSI colours, `path` shortened to its file name."""
+    return _ANSI.sub("", run_.output()).replace(str(path), path.name)
+
+
 def key_lines(run_: Run, path: Path, limit: int = 12) -> list[str]:
-    """The lines of a run's output that carry its verdict (ANSI colours removed)."""
-    text = _ANSI.sub("", run_.output()).replace(str(path), path.name)
-    lines = [" ".join(line.split()) for line in text.splitlines()]
+    """The lines of a run's output that carry its verdict."""
+    lines = [" ".join(line.split()) for line in shown_output(run_, path).splitlines()]
     lines = [line for line in lines if line and not set(line) <= set("-=─━")]
     keyed = [line for line in lines if _KEY_LINE.search(line)]
     picked = keyed or lines
@@ -316,10 +329,9 @@ def key_lines(run_: Run, path: Path, limit: int = 12) -> list[str]:
 
 
 def verdict(command: Command, path: Path) -> str:
-    """A short verdict from the last run's exit code and output."""
-    last = command.runs[-1] if command.runs else command.warmup
-    assert last is not None
-    text = _ANSI.sub("", last.output()).replace(str(path), path.name)
+    """A short verdict from the last timed run's exit code and output."""
+    last = command.runs[-1]
+    text = shown_output(last, path)
     code = last.returncode
     if code < 0:
         return f"killed by signal {-code}" + (" (timeout)" if last.seconds >= TIMEOUT else "")
@@ -381,7 +393,7 @@ def table(benches: list[FileBench]) -> str:
             lines.append(
                 f"| {command.tool} | {label} | {command.median():.2f} "
                 f"| {command.median() / base:.2f}x | {command.peak_mb():.0f} "
-                f"| {bench.verdicts[command.tool]} | {every}{note} "
+                f"| {verdict(command, bench.path)} | {every}{note} "
                 f"| {command.max_others():.2f} |"
             )
     return "\n".join(lines) + "\n"
@@ -475,12 +487,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         if args.delete_data:
-            shutil.rmtree(args.data_dir, ignore_errors=True)
-    command_line = "python benchmarks/bench_scan.py " + " ".join(
-        a for a in (argv if argv is not None else sys.argv[1:])
-    )
+            delete_model(args.data_dir)
     report = (
-        f"Command: `{command_line.strip()}`\n\n"
+        f"Command: `{measure.command_line('bench_scan.py', argv)}`\n\n"
         f"{machine(meta, tools)}\n"
         f"{table(benches)}\n"
         f"What the other scanners report (exit codes of all runs; key lines of the last):\n\n"
@@ -489,13 +498,10 @@ def main(argv: list[str] | None = None) -> int:
     print(report)
     if args.output:
         args.output.write_text(report)
-    ours = [b.verdicts[SCAN] for b in benches]
-    if not all(v.startswith("safe") for v in ours):
+    if not all(verdict(b.commands[0], b.path).startswith("safe") for b in benches):
         for bench in benches:
-            scan = bench.commands[0].runs[-1]
             print(
-                f"scanner output on {bench.path}:\n"
-                f"{scan.stdout.decode(errors='replace')}{scan.stderr.decode(errors='replace')}",
+                f"scanner output on {bench.path}:\n{bench.commands[0].runs[-1].output()}",
                 file=sys.stderr,
             )
         return 1

@@ -23,6 +23,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 # argv: result file, timeout in seconds (0: none), the command. Writes
 # "seconds maxrss_kib exit_code cpu_seconds" to the result file.
@@ -48,6 +49,8 @@ with open(out, "w") as f:
     cpu = usage.ru_utime + usage.ru_stime
     f.write(f"{seconds!r} {usage.ru_maxrss} {os.waitstatus_to_exitcode(status)} {cpu!r}")
 """
+
+T = TypeVar("T")
 
 
 class BenchmarkError(Exception):
@@ -135,6 +138,20 @@ def run(argv: list[str], cwd: Path, stdin: Path | None = None, timeout: int = 0)
         return Run(float(seconds), int(maxrss), int(code), stdout, stderr, float(cpu), others)
 
 
+def rotated(items: list[T], round_: int) -> list[T]:
+    """The order of one timed round: `items` rotated left by `round_`, so that each
+    round starts one command later than the one before."""
+    shift = round_ % len(items)
+    return items[shift:] + items[:shift]
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How the benchmark `script` (a file name in this folder) was run, from the
+    repository root, for the report: `argv`, or this process's arguments if None."""
+    given = sys.argv[1:] if argv is None else argv
+    return " ".join(["python", f"benchmarks/{script}", *given])
+
+
 def busy_seconds() -> float:
     """CPU seconds all cores spent not idle since boot (/proc/stat); 0 where unavailable."""
     try:
@@ -158,12 +175,11 @@ def cpu_model() -> str:
 
 def memory_total() -> str:
     """Total RAM (/proc/meminfo) as "N.N GiB", or "unknown"."""
-    memory = "unknown"
     with contextlib.suppress(OSError, ValueError, IndexError):
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
-                memory = f"{int(line.split()[1]) / (1 << 20):.1f} GiB"
-    return memory
+                return f"{int(line.split()[1]) / (1 << 20):.1f} GiB"
+    return "unknown"
 
 
 def source_state(repo: Path) -> str | None:
