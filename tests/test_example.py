@@ -7,34 +7,39 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from integrity.cli import main
+from integrity.manifest import dump_manifest, load_manifest
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "iris"
 
 
-def test_example_as_committed_passes(tmp_path: Path) -> None:
-    report = tmp_path / "report.json"
+def verify(folder: Path, report: Path) -> tuple[int, dict[str, Any]]:
+    """Exit code and JSON report of `verify` on the manifest in `folder`."""
     code = main(
         [
             "verify",
             "--manifest",
-            str(EXAMPLE / "model-integrity.json"),
+            str(folder / "model-integrity.json"),
             "--json",
             str(report),
             "--no-progress",
         ]
     )
+    data: dict[str, Any] = json.loads(report.read_text())
+    return code, data
+
+
+def test_example_as_committed_passes(tmp_path: Path) -> None:
+    code, data = verify(EXAMPLE, tmp_path / "report.json")
     assert code == 0
-    data = json.loads(report.read_text())
     assert data["status"] == "pass"
     assert [c["id"] for c in data["checks"]] == ["digests", "safety"]
     assert all(c["status"] == "pass" for c in data["checks"])
 
 
 def test_example_manifest_is_canonical() -> None:
-    from integrity.manifest import dump_manifest, load_manifest
-
     path = EXAMPLE / "model-integrity.json"
     assert dump_manifest(load_manifest(path)) == path.read_text(encoding="utf-8")
 
@@ -51,22 +56,12 @@ def test_demo_script_passes_then_catches_the_tampered_copy() -> None:
     assert "model.joblib" in tampered and "content changed" in tampered
 
 
-def test_tampered_validation_set_is_named(tmp_path: Path, capsys: object) -> None:
+def test_tampered_validation_set_is_named(tmp_path: Path) -> None:
     copy = tmp_path / "iris"
     shutil.copytree(EXAMPLE, copy)
     csv = copy / "validation.csv"
     csv.write_text(csv.read_text().replace("5.1,3.5", "5.1,3.6", 1))
-    report = tmp_path / "report.json"
-    code = main(
-        [
-            "verify",
-            "--manifest",
-            str(copy / "model-integrity.json"),
-            "--json",
-            str(report),
-            "--no-progress",
-        ]
-    )
+    code, data = verify(copy, tmp_path / "report.json")
     assert code == 1
-    findings = json.loads(report.read_text())["checks"][0]["findings"]
+    findings = data["checks"][0]["findings"]
     assert [(f["path"], f["code"]) for f in findings] == [("validation.csv", "digest-mismatch")]

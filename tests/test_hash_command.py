@@ -14,8 +14,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -66,31 +66,39 @@ def _write_odd_files(folder: Path) -> list[bytes]:
     return [*ODD_NAMES, b"empty", b"big.bin"]
 
 
-def run_tool(
-    args: list[bytes] | list[str],
-    cwd: Path,
-    stdin: bytes | None = None,
+def python_env() -> dict[str, str]:
+    """The environment for a child Python that imports this checkout's `integrity`."""
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def run_python(
+    *args: str | bytes, cwd: Path, stdin: bytes = b""
 ) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "integrity", "hash", *args],
+        [sys.executable, *args],
         cwd=cwd,
-        env=env,
-        input=stdin if stdin is not None else b"",
+        env=python_env(),
+        input=stdin,
         capture_output=True,
         timeout=TIMEOUT,
         check=False,
     )
 
 
+def run_tool(
+    args: list[bytes] | list[str], cwd: Path, stdin: bytes = b""
+) -> subprocess.CompletedProcess[bytes]:
+    return run_python("-m", "integrity", "hash", *args, cwd=cwd, stdin=stdin)
+
+
 def run_sha256sum(
-    args: list[bytes] | list[str], cwd: Path, stdin: bytes | None = None
+    args: list[bytes] | list[str], cwd: Path, stdin: bytes = b""
 ) -> subprocess.CompletedProcess[bytes]:
     assert SHA256SUM is not None
     return subprocess.run(
         [SHA256SUM, *args],
         cwd=cwd,
-        input=stdin if stdin is not None else b"",
+        input=stdin,
         capture_output=True,
         timeout=TIMEOUT,
         check=False,
@@ -256,14 +264,7 @@ def test_fifo_swapped_in_after_the_stat_does_not_hang(tmp_path: Path) -> None:
         "from integrity.cli import main\n"
         "sys.exit(main(['hash', 'pipe', 'plain']))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    result = run_python("-c", script, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stdout == f"{digest_of(tmp_path / 'plain')}  plain\n".encode()
     assert stderr_lines(result) == [
@@ -311,27 +312,18 @@ def test_error_line_for_odd_name_stays_one_line(
     assert captured.err == b"model-integrity: error: no\\nsuch\\rfile: No such file or directory\n"
 
 
-def _deny_opening(monkeypatch: pytest.MonkeyPatch, denied: str) -> None:
-    """Make os.open fail with EACCES for one file name (root can read everything)."""
-    real_open = os.open
-
-    def fake_open(path: str | bytes, flags: int, *args: Any, **kwargs: Any) -> int:
-        if os.fsdecode(path).endswith(denied):
-            raise PermissionError(13, "Permission denied", path)
-        return real_open(path, flags, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", fake_open)
-
-
 def test_unopenable_file_is_reported_in_hash_and_check(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsysbinary: pytest.CaptureFixture[bytes],
+    refuse_opening: Callable[[Path], list[str]],
 ) -> None:
     (tmp_path / "locked").write_bytes(b"x")
     (tmp_path / "fine").write_bytes(b"y")
     listing = f"{digest_of(tmp_path / 'locked')}  locked\n{digest_of(tmp_path / 'fine')}  fine\n"
     (tmp_path / "SUMS").write_text(listing)
     monkeypatch.chdir(tmp_path)
-    _deny_opening(monkeypatch, "locked")
+    refuse_opening(tmp_path / "locked")  # root can read everything
 
     code = main(["hash", "locked", "fine"])
     captured = capsysbinary.readouterr()
@@ -396,11 +388,10 @@ def test_paths_and_check_together_is_a_usage_error(
 def test_closed_output_pipe_ends_quietly(tmp_path: Path) -> None:
     for i in range(40):
         (tmp_path / f"f{i:02d}").write_bytes(os.urandom(200_000))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(
         [sys.executable, "-m", "integrity", "hash", *(f"f{i:02d}" for i in range(40))],
         cwd=tmp_path,
-        env=env,
+        env=python_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -425,7 +416,7 @@ def test_ctrl_c_stops_at_once(tmp_path: Path, what: str) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "integrity", "hash", *args],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=python_env(),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -456,13 +447,7 @@ def test_hash_path_does_not_import_heavy_libraries(tmp_path: Path) -> None:
         "assert 'numpy' not in sys.modules and 'pydantic' not in sys.modules, "
         "sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'pydantic'))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    result = run_python("-c", code, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{digest_of(target)}  {target}\n".encode()
     for heavy in ("pandas", "sklearn"):
@@ -627,8 +612,8 @@ def test_check_listed_dash_is_standard_input(tmp_path: Path) -> None:
     assert (wrong.returncode, wrong.stdout) == (1, b"-: FAILED\n")
 
 
-GOOD_LINE = f"{hashlib.sha256(b'a').hexdigest()}  a\n".encode()
 HEX = hashlib.sha256(b"a").hexdigest()
+GOOD_LINE = f"{HEX}  a\n".encode()
 
 # (second line of the list, what the message says); sha256sum --strict rejects each too.
 MALFORMED: list[tuple[bytes, str]] = [

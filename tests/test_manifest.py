@@ -375,18 +375,11 @@ def test_unreadable_manifest(
     project: Path,
     valid_manifest: Data,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    refuse_opening: Callable[[Path], list[str]],
 ) -> None:
     manifest = _write(project, valid_manifest)
     # chmod 0 does not stop root (CI runs as root): make the open itself fail.
-    real_open = os.open
-
-    def refusing_open(path: str | Path, flags: int, *args: Any, **kwargs: Any) -> int:
-        if os.fspath(path) == str(manifest):
-            raise PermissionError(13, "Permission denied")
-        return real_open(path, flags, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", refusing_open)
+    refuse_opening(manifest)
     code, out, err = _verify(manifest, capsys)
     _assert_one_clear_line(code, out, err, manifest, [])
 

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import joblib
 import pytest
-from safety_corpus import DumpFunction, benign_estimators, dump_styles
+from safety_corpus import DumpFunction, dump_styles
 
 from integrity.cli import main
 from integrity.safety.scanner import scan_path
@@ -30,11 +31,6 @@ EXPECTED_FORMAT = {
 SKOPS_CANNOT_DUMP = {"pandas_dataframe", "pandas_series", "model_bundle_dict"}
 
 
-@pytest.fixture(scope="module")
-def estimators() -> list[tuple[str, object]]:
-    return benign_estimators()
-
-
 def _dump_all(
     estimators: list[tuple[str, object]], style: str, dump: DumpFunction, folder: Path
 ) -> list[tuple[str, Path]]:
@@ -52,9 +48,9 @@ def _dump_all(
 
 @pytest.mark.parametrize(("style", "dump"), STYLES, ids=STYLE_IDS)
 def test_every_estimator_in_every_dump_style_is_safe(
-    estimators: list[tuple[str, object]], style: str, dump: DumpFunction, tmp_path: Path
+    benign_models: list[tuple[str, object]], style: str, dump: DumpFunction, tmp_path: Path
 ) -> None:
-    written = _dump_all(estimators, style, dump, tmp_path)
+    written = _dump_all(benign_models, style, dump, tmp_path)
     assert len(written) >= 100
     unsafe = {}
     for name, path in written:
@@ -71,9 +67,9 @@ def test_every_estimator_in_every_dump_style_is_safe(
 
 
 def test_verify_passes_a_benign_model_and_reports_safety(
-    estimators: list[tuple[str, object]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    benign_models: list[tuple[str, object]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    model = dict(estimators)["random_forest_classifier"]
+    model = dict(benign_models)["random_forest_classifier"]
     joblib.dump(model, tmp_path / "model.joblib", compress=3)
     manifest = tmp_path / "model-integrity.json"
     assert (
@@ -83,8 +79,6 @@ def test_verify_passes_a_benign_model_and_reports_safety(
     assert (
         main(["verify", "--manifest", str(manifest), "--json", str(report), "--no-progress"]) == 0
     )
-    import json
-
     checks = {c["id"]: c for c in json.loads(report.read_text())["checks"]}
     assert checks["safety"]["status"] == "pass"
     assert "joblib-zlib" in checks["safety"]["summary"]

@@ -32,6 +32,7 @@ import gzip
 import itertools
 import json
 import lzma
+import math
 import os
 import pickle
 import pickletools
@@ -58,6 +59,7 @@ import pytest
 import sklearn  # noqa: F401
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from malicious_corpus import REPO, sglobal, text_global, ustr
 
 from integrity.safety.allowlist import AllowList
 from integrity.safety.scanner import ScanResult, scan_path
@@ -96,6 +98,12 @@ settings.register_profile(
 FUZZ = settings.get_profile("safety-fuzz")
 
 Pair = tuple[str, str]
+
+
+def by_name(cases: list[tuple[str, bytes]]) -> pytest.MarkDecorator:
+    """pytest.mark.parametrize over (name, data) inputs, each test named after its input."""
+    return pytest.mark.parametrize(("name", "data"), cases, ids=[name for name, _ in cases])
+
 
 # ---------------------------------------------------------------- scanning
 
@@ -275,7 +283,7 @@ def load_modes(result: ScanResult) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class LoadJob:
     path: Path
-    mode: str  # "joblib" or "pickle"
+    mode: str  # "joblib", "pickle" or "numpy" (see LOADER_SOURCE's run_job)
     allowed: frozenset[Pair] | None  # None: record everything, refuse nothing
     label: str = ""
 
@@ -464,47 +472,19 @@ class Artifact:
     payload: bytes  # the pickle stream inside (data itself when not compressed)
 
 
-def _compress_xz(data: bytes) -> bytes:
-    return lzma.compress(data, format=lzma.FORMAT_XZ)
-
-
-def _compress_lzma(data: bytes) -> bytes:
-    return lzma.compress(data, format=lzma.FORMAT_ALONE)
-
-
-def _compress_gzip(data: bytes) -> bytes:
-    return gzip.compress(data, mtime=0)
-
-
-def _decompress_gzip(data: bytes) -> bytes:
-    return gzip.decompress(data)
-
-
-def _decompress_xz(data: bytes) -> bytes:
-    return lzma.decompress(data, format=lzma.FORMAT_XZ)
-
-
-def _decompress_lzma(data: bytes) -> bytes:
-    return lzma.decompress(data, format=lzma.FORMAT_ALONE)
-
-
-def _lz4_compress(data: bytes) -> bytes:
-    out: bytes = lz4_frame.compress(data)
-    return out
-
-
-def _lz4_decompress(data: bytes) -> bytes:
-    out: bytes = lz4_frame.decompress(data)
-    return out
-
-
 COMPRESSORS: dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {
     "zlib": (zlib.compress, zlib.decompress),
-    "gzip": (_compress_gzip, _decompress_gzip),
+    "gzip": (lambda data: gzip.compress(data, mtime=0), gzip.decompress),
     "bz2": (bz2.compress, bz2.decompress),
-    "xz": (_compress_xz, _decompress_xz),
-    "lzma": (_compress_lzma, _decompress_lzma),
-    "lz4": (_lz4_compress, _lz4_decompress),
+    "xz": (
+        lambda data: lzma.compress(data, format=lzma.FORMAT_XZ),
+        lambda data: lzma.decompress(data, format=lzma.FORMAT_XZ),
+    ),
+    "lzma": (
+        lambda data: lzma.compress(data, format=lzma.FORMAT_ALONE),
+        lambda data: lzma.decompress(data, format=lzma.FORMAT_ALONE),
+    ),
+    "lz4": (lz4_frame.compress, lz4_frame.decompress),
 }
 
 
@@ -576,6 +556,12 @@ def build_corpus(folder: Path) -> list[Artifact]:
     return artifacts
 
 
+def _allowlist_of(outcomes: Sequence[LoadOutcome]) -> AllowList:
+    """Exactly the globals the benign corpus files' loads resolved."""
+    union = frozenset().union(*(o.resolved for o in outcomes))
+    return AllowList(extra={pair: "resolved by a benign corpus file" for pair in union})
+
+
 @dataclass
 class Corpus:
     artifacts: list[Artifact]
@@ -600,8 +586,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, sandbox: Sandbox) -> Corpus
     jobs += [LoadJob(paths[i], "pickle", None, paths[i].name) for i in plain]
     outcomes = sandbox.load(jobs)
     joblib_outcomes = outcomes[: len(paths)]
-    union = frozenset().union(*(o.resolved for o in joblib_outcomes))
-    allowlist = AllowList(extra={pair: "resolved by a benign corpus file" for pair in union})
+    allowlist = _allowlist_of(joblib_outcomes)
     return Corpus(
         artifacts,
         paths,
@@ -768,18 +753,8 @@ def _opcode(op: pickletools.OpcodeInfo) -> st.SearchStrategy[bytes]:
 OPCODE = st.one_of(*(_opcode(op) for op in OPCODES))
 
 
-def _su(text: str) -> bytes:
-    """SHORT_BINUNICODE (or BINUNICODE when long)."""
-    raw = text.encode("utf-8", "surrogatepass")
-    if len(raw) < 256:
-        return b"\x8c" + bytes([len(raw)]) + raw
-    return b"X" + struct.pack("<I", len(raw)) + raw
-
-
 def _global_ref(pair: Pair) -> st.SearchStrategy[bytes]:
-    module, name = pair
-    text = (module + "\n" + name + "\n").encode("utf-8", "surrogatepass")
-    return st.sampled_from([b"c" + text, _su(module) + _su(name) + b"\x93"])
+    return st.sampled_from([text_global(*pair), sglobal(*pair)])
 
 
 # A snippet of opcodes that, when well formed, pushes exactly one value.
@@ -793,7 +768,7 @@ _LEAF: st.SearchStrategy[bytes] = st.one_of(
     st.integers(-(2**80), 2**80).map(lambda n: b"\x8a" + _long1(n)),
     st.floats(allow_nan=False).map(lambda f: b"G" + struct.pack(">d", f)),
     st.floats(allow_nan=False).map(lambda f: b"F" + repr(f).encode() + b"\n"),
-    _TEXT.map(_su),
+    _TEXT.map(ustr),
     _TEXT.map(lambda s: b"X" + _with_len("<I", s.encode("utf-8", "surrogatepass"))),
     _TEXT.map(lambda s: b"\x8d" + _with_len("<Q", s.encode("utf-8", "surrogatepass"))),
     _TEXT.filter(lambda s: "\n" not in s and "\r" not in s and "\\" not in s).map(
@@ -841,29 +816,48 @@ def _memo_put(k: int) -> st.SearchStrategy[bytes]:
     )
 
 
+# A joblib NumpyArrayWrapper's pickle, in pieces: the class; an instance made without naming
+# the class as the callable (copyreg._reconstructor(NumpyArrayWrapper, object, None)); and
+# entries of its BUILD state.
+_WRAPPER = sglobal("joblib.numpy_pickle", "NumpyArrayWrapper")
+_RECONSTRUCTED_WRAPPER = (
+    sglobal("copyreg", "_reconstructor") + _WRAPPER + sglobal("builtins", "object") + b"N\x87R"
+)
+_SUBCLASS = ustr("subclass") + sglobal("numpy", "ndarray")
+_ORDER_C = ustr("order") + ustr("C")
+
+
+def _shape(dims: Sequence[int]) -> bytes:
+    """A tuple of LONG1 integers."""
+    return b"(" + b"".join(b"\x8a" + _long1(n) for n in dims) + b"t"
+
+
+def _dtype(spec: str) -> bytes:
+    """The state entry "dtype": numpy.dtype(spec)."""
+    return ustr("dtype") + sglobal("numpy", "dtype") + ustr(spec) + b"\x85R"
+
+
+def _wrapper_state(shape: bytes, spec: str = "u1", alignment: bytes | None = None) -> bytes:
+    """A wrapper's BUILD state: subclass, `shape` (opcodes), order C, dtype `spec`, and
+    numpy_array_alignment_bytes = `alignment` (opcodes) when given."""
+    aligned = b"" if alignment is None else ustr("numpy_array_alignment_bytes") + alignment
+    return b"}(" + _SUBCLASS + ustr("shape") + shape + _ORDER_C + _dtype(spec) + aligned + b"u"
+
+
 def _wrapper(children: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
     """A joblib NumpyArrayWrapper made one of several ways, its BUILD and its raw data."""
 
     @st.composite
     def build(draw: st.DrawFn) -> bytes:
-        ref = _su("joblib.numpy_pickle") + _su("NumpyArrayWrapper") + b"\x93"
         head = draw(
             st.sampled_from(
                 [
-                    ref + b")\x81",  # NEWOBJ: no attributes until BUILD
-                    ref + b"(NNNNtR",  # REDUCE: __init__ sets defaults (alignment 16)
-                    ref + b"(NNNN\x88K\x10tR",
-                    b"(" + ref + b"NNNNo",  # OBJ: __init__ too
+                    _WRAPPER + b")\x81",  # NEWOBJ: no attributes until BUILD
+                    _WRAPPER + b"(NNNNtR",  # REDUCE: __init__ sets defaults (alignment 16)
+                    _WRAPPER + b"(NNNN\x88K\x10tR",
+                    b"(" + _WRAPPER + b"NNNNo",  # OBJ: __init__ too
                     b"(NNNNijoblib.numpy_pickle\nNumpyArrayWrapper\n",  # INST
-                    # copyreg._reconstructor(NumpyArrayWrapper, object, None): an instance
-                    # made without naming the wrapper as the callable
-                    _su("copyreg")
-                    + _su("_reconstructor")
-                    + b"\x93"
-                    + ref
-                    + _su("builtins")
-                    + _su("object")
-                    + b"\x93N\x87R",
+                    _RECONSTRUCTED_WRAPPER,
                 ]
             )
         )
@@ -883,24 +877,17 @@ def _wrapper(children: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
             )
         )
         values = {
-            "subclass": _su("subclass") + _su("numpy") + _su("ndarray") + b"\x93",
-            "shape": _su("shape") + b"(" + b"".join(b"\x8a" + _long1(n) for n in shape) + b"t",
-            "order": _su("order") + _su(draw(st.sampled_from(["C", "F", "K"]))),
-            "dtype": _su("dtype")
-            + _su("numpy")
-            + _su("dtype")
-            + b"\x93"
-            + _su(spec)
-            + b"\x89\x88\x87R",
-            "allow_mmap": _su("allow_mmap") + b"\x89",
-            "alignment": _su("numpy_array_alignment_bytes")
+            "subclass": _SUBCLASS,
+            "shape": ustr("shape") + _shape(shape),
+            "order": ustr("order") + ustr(draw(st.sampled_from(["C", "F", "K"]))),
+            "dtype": ustr("dtype") + sglobal("numpy", "dtype") + ustr(spec) + b"\x89\x88\x87R",
+            "allow_mmap": ustr("allow_mmap") + b"\x89",
+            "alignment": ustr("numpy_array_alignment_bytes")
             + draw(st.sampled_from([b"K\x10", b"N", b"K\x00"])),
-            "extra": _su("extra") + draw(children),
+            "extra": ustr("extra") + draw(children),
         }
         state = b"}(" + b"".join(values[k] for k in keys) + b"u"
-        count = 1
-        for n in shape:
-            count *= n
+        count = math.prod(shape)
         size = {"u1": 1, "i4": 4, "f8": 8, "b1": 1, "c16": 16, "U2": 8, "S3": 3, "O8": 8}.get(
             spec, 4
         )
@@ -1082,24 +1069,7 @@ def mutations(draw: st.DrawFn, data: bytes) -> bytes:
 # Reproducers of scanner bugs found by these properties (see the module's report).
 DEEP_EQUAL_KEYS = b"\x80\x04}" + b")" + b"\x85" * 3000 + b"Ns" + b")" + b"\x85" * 3000 + b"Ns."
 HUGE_DTYPE_DIGITS = (
-    b"\x80\x04"
-    + _su("joblib.numpy_pickle")
-    + _su("NumpyArrayWrapper")
-    + b"\x93)\x81}("
-    + _su("subclass")
-    + _su("numpy")
-    + _su("ndarray")
-    + b"\x93"
-    + _su("shape")
-    + b"K\x01\x85"
-    + _su("order")
-    + _su("C")
-    + _su("dtype")
-    + _su("numpy")
-    + _su("dtype")
-    + b"\x93"
-    + _su("f" + "1" * 5000)
-    + b"\x85Rub."
+    b"\x80\x04" + _WRAPPER + b")\x81" + _wrapper_state(b"K\x01\x85", "f" + "1" * 5000) + b"b."
 )
 
 
@@ -1125,29 +1095,10 @@ def test_random_opcode_sequences_never_crash(data: bytes, tmp_path: Path) -> Non
 
 
 def _huge_claims() -> list[tuple[str, bytes]]:
+    # A wrapper whose state names its shape last: the dimensions come next.
     wrapper_head = (
-        b"\x80\x04"
-        + _su("joblib.numpy_pickle")
-        + _su("NumpyArrayWrapper")
-        + b"\x93)\x81}("
-        + _su("subclass")
-        + _su("numpy")
-        + _su("ndarray")
-        + b"\x93"
-        + _su("order")
-        + _su("C")
-        + _su("dtype")
-        + _su("numpy")
-        + _su("dtype")
-        + b"\x93"
-        + _su("f8")
-        + b"\x85R"
-        + _su("shape")
+        b"\x80\x04" + _WRAPPER + b")\x81}(" + _SUBCLASS + _ORDER_C + _dtype("f8") + ustr("shape")
     )
-
-    def shape(*dims: int) -> bytes:
-        return b"(" + b"".join(b"\x8a" + _long1(d) for d in dims) + b"t"
-
     tail = b"x" * 1000 + b"."
     cases = [
         ("BINBYTES8 2**62", b"\x80\x04\x8e" + struct.pack("<Q", 2**62) + tail),
@@ -1160,9 +1111,9 @@ def _huge_claims() -> list[tuple[str, bytes]]:
         ("LONG4 2**31-1", b"\x80\x02\x8b" + struct.pack("<i", 2**31 - 1) + tail),
         ("FRAME 2**60", b"\x80\x04\x95" + struct.pack("<Q", 2**60) + b"N" * 1000 + b"."),
         ("FRAME 2**64-1", b"\x80\x04\x95" + struct.pack("<Q", 2**64 - 1) + b"N."),
-        ("array 2**40 x 2**40", wrapper_head + shape(2**40, 2**40) + b"ub" + tail),
-        ("array (2**31,)*8", wrapper_head + shape(*(2**31,) * 8) + b"ub" + tail),
-        ("array 2**2000", wrapper_head + shape(2**2000) + b"ub" + tail),
+        ("array 2**40 x 2**40", wrapper_head + _shape((2**40, 2**40)) + b"ub" + tail),
+        ("array (2**31,)*8", wrapper_head + _shape((2**31,) * 8) + b"ub" + tail),
+        ("array 2**2000", wrapper_head + _shape((2**2000,)) + b"ub" + tail),
         ("long line", b"\x80\x02S'" + b"a" * 60000),
         ("deep marks", b"\x80\x04" + b"(" * 60000 + b"."),
         ("deep tuple", b"\x80\x04" + b")" + b"\x85" * 60000 + b"."),
@@ -1172,12 +1123,11 @@ def _huge_claims() -> list[tuple[str, bytes]]:
     out: list[tuple[str, bytes]] = []
     for name, data in cases:
         out.append((name, data))
-        out.append((name + " (zlib)", zlib.compress(data)))
-        out.append((name + " (lz4)", _lz4_compress(data)))
+        out += [(f"{name} ({method})", COMPRESSORS[method][0](data)) for method in ("zlib", "lz4")]
     return out
 
 
-@pytest.mark.parametrize(("name", "data"), _huge_claims(), ids=[n for n, _ in _huge_claims()])
+@by_name(_huge_claims())
 def test_huge_length_claims_finish_fast(name: str, data: bytes, tmp_path: Path) -> None:
     """Lengths a file claims are never trusted to allocate or wait on."""
     assert len(data) <= MAX_INPUT + 1024
@@ -1238,7 +1188,7 @@ def test_shared_subtree_key_does_not_hang(tmp_path: Path) -> None:
             timeout=5,
             capture_output=True,
             check=False,
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=REPO,
         )
     except subprocess.TimeoutExpired:
         pytest.fail(f"scan of a {len(DAG_HASH_BOMB)}-byte pickle did not finish in 5 s")
@@ -1280,17 +1230,18 @@ def test_benign_files_scan_safe_with_exactly_the_real_globals(corpus: Corpus) ->
 
 
 @pytest.mark.slow
-def test_full_benign_corpus_has_exactly_the_real_globals(sandbox: Sandbox, tmp_path: Path) -> None:
+def test_full_benign_corpus_has_exactly_the_real_globals(
+    sandbox: Sandbox, tmp_path: Path, benign_models: list[tuple[str, object]]
+) -> None:
     """Property 4 over tests/safety_corpus.py: every estimator in every dump style (but
     skops, which is not a pickle), scanned and loaded by joblib, C pickle or numpy.load."""
-    from safety_corpus import benign_estimators, dump_styles
+    from safety_corpus import dump_styles
 
     files: list[tuple[Path, str]] = []
-    estimators = benign_estimators()
     for style, dump in dump_styles():
         if style == "skops":
             continue
-        for name, obj in estimators:
+        for name, obj in benign_models:
             path = tmp_path / f"{name}.{style}"
             dump(obj, path)
             files.append((path, style))
@@ -1301,8 +1252,7 @@ def test_full_benign_corpus_has_exactly_the_real_globals(sandbox: Sandbox, tmp_p
         modes += ["joblib", "pickle"] if style.startswith("pickle") else []
         jobs += [LoadJob(path, mode, None, f"{path.name} [{mode}]") for mode in modes]
     outcomes = sandbox.load(jobs)
-    union = frozenset().union(*(o.resolved for o in outcomes))
-    allowlist = AllowList(extra={pair: "resolved by a benign corpus file" for pair in union})
+    allowlist = _allowlist_of(outcomes)
     scans = {path: scan_file(path, allowlist) for path, _ in files}
     problems: list[str] = []
     for job, outcome in zip(jobs, outcomes, strict=True):
@@ -1365,30 +1315,7 @@ def test_generated_programs_never_pass_garbage(sandbox: Sandbox, tmp_path: Path)
     assert_loads_match_scans(accepted.items, sandbox)
 
 
-def _wrapper_state(shape: bytes, *, alignment: bool) -> bytes:
-    return (
-        b"}("
-        + _su("subclass")
-        + _su("numpy")
-        + _su("ndarray")
-        + b"\x93"
-        + _su("shape")
-        + shape
-        + _su("order")
-        + _su("C")
-        + _su("dtype")
-        + _su("numpy")
-        + _su("dtype")
-        + b"\x93"
-        + _su("u1")
-        + b"\x85R"
-        + (_su("numpy_array_alignment_bytes") + b"K\x10" if alignment else b"")
-        + b"u"
-    )
-
-
-_WRAPPER = _su("joblib.numpy_pickle") + _su("NumpyArrayWrapper") + b"\x93"
-_EVIL = b"0" + _su("builtins") + _su("print") + b"\x93" + _su("PWNED") + b"\x85R."
+_EVIL = b"0" + sglobal("builtins", "print") + ustr("PWNED") + b"\x85R."
 
 # Regressions: each of these once passed the scan (default allow-list), yet the real loader
 # named reached builtins.print (a stand-in for os.system). The comments say how the
@@ -1402,7 +1329,7 @@ CRAFTED: list[tuple[str, bytes]] = [
         b"\x80\x04"
         + _WRAPPER
         + b"(NNNNtR"
-        + _wrapper_state(b"K\x01\x85", alignment=False)
+        + _wrapper_state(b"K\x01\x85")
         + b"b\x05C"
         + bytes([4 + len(_EVIL)])
         + b"xxxD"
@@ -1416,7 +1343,7 @@ CRAFTED: list[tuple[str, bytes]] = [
         b"\x80\x04"
         + _WRAPPER
         + b")\x81"
-        + _wrapper_state(b"K" + bytes([len(_EVIL)]) + b"\x85", alignment=False)
+        + _wrapper_state(b"K" + bytes([len(_EVIL)]) + b"\x85")
         + b"b"
         + _EVIL
         + b".",
@@ -1431,16 +1358,9 @@ CRAFTED: list[tuple[str, bytes]] = [
     (
         "joblib.load: wrapper made by copyreg._reconstructor",
         b"\x80\x02"
-        + _su("copyreg")
-        + _su("_reconstructor")
-        + b"\x93"
-        + _WRAPPER
-        + _su("builtins")
-        + _su("object")
-        + b"\x93N\x87R"
-        + _wrapper_state(b"K\x02\x85", alignment=False)[:-1]
-        + _su("numpy_array_alignment_bytes")
-        + b"Nub"
+        + _RECONSTRUCTED_WRAPPER
+        + _wrapper_state(b"K\x02\x85", alignment=b"N")
+        + b"b"
         + b"C"
         + bytes([len(_EVIL)])
         + _EVIL
@@ -1464,24 +1384,22 @@ CRASHERS: list[tuple[str, bytes]] = [
     (
         "numpy.dtype 6-item state",
         b"\x80\x04"
-        + _su("numpy")
-        + _su("dtype")
-        + b"\x93"
-        + _su("i4")
+        + sglobal("numpy", "dtype")
+        + ustr("i4")
         + b"\x89\x88\x87R(K\x03"
-        + _su("<")
+        + ustr("<")
         + b"NJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb.",
     ),
 ]
 
 
-@pytest.mark.parametrize(("name", "data"), CRASHERS, ids=[n for n, _ in CRASHERS])
+@by_name(CRASHERS)
 def test_states_that_crash_the_loader_are_refused(name: str, data: bytes, tmp_path: Path) -> None:
     result = scan_bytes(data, tmp_path / "crash.pkl", AllowList())
     assert not result.safe, f"{name}: scan says safe, but loading it crashes the interpreter"
 
 
-@pytest.mark.parametrize(("name", "data"), CRAFTED, ids=[n for n, _ in CRAFTED])
+@by_name(CRAFTED)
 def test_crafted_desyncs_are_refused(name: str, data: bytes, tmp_path: Path) -> None:
     """A file the real unpickler would read differently from the scanner is never safe."""
     result = scan_bytes(data, tmp_path / "crafted.pkl", AllowList())

@@ -8,9 +8,9 @@ payload); and benign scikit-learn models load and predict exactly as `joblib.loa
 
 from __future__ import annotations
 
-import os
+import copyreg
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,29 +18,27 @@ import joblib  # the test extra installs the ML libraries: missing ones fail the
 import numpy as np
 import pytest
 from malicious_corpus import (
-    MARK,
-    REDUCE,
-    TUPLE,
     Built,
     Case,
+    Outcome,
+    ShellOnLoad,
     Target,
+    assert_nothing_ran,
     build_corpus,
     by_name,
-    call,
+    extension_call,
+    load_corpus,
     malicious_cases,
-    run_loads,
-    sglobal,
-    ustr,
-    wait_for,
+    os_system,
     whole,
 )
+from safety_corpus import dump_styles
 
 from integrity.safety import loader
 from integrity.safety.allowlist import AllowList
 from integrity.safety.loader import UnsafeModelError, load_model
-from integrity.safety.scanner import ScanResult
+from integrity.safety.scanner import ScanResult, scan_path
 
-REPO = Path(__file__).resolve().parents[1]
 CASES = malicious_cases()
 BYPASSED = [case for case in CASES if case.bypass != "skip"]
 
@@ -52,12 +50,11 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Built
 
 
 @pytest.fixture(scope="module")
-def bypassed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Any, bool]]]:
+def bypassed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Outcome, bool]]]:
     """Each case loaded by load_model with scan_fd replaced by one that says "safe"."""
-    with build_corpus(tmp_path_factory.mktemp("bypassed"), BYPASSED) as built:
-        outcomes = run_loads(built, lambda case: "integrity_bypass", REPO)
-        wait_for([item.marker for item in built.values()], seconds=1)
-        yield {name: (outcomes[name], item.marker.exists()) for name, item in built.items()}
+    root = tmp_path_factory.mktemp("bypassed")
+    with load_corpus(root, BYPASSED, lambda case: "integrity_bypass", wait_seconds=1) as loaded:
+        yield loaded
 
 
 # ------------------------------------------------------------------ malicious files
@@ -73,12 +70,12 @@ def test_load_model_refuses(case: Case, corpus: dict[str, Built]) -> None:
     assert str(item.path) in str(refused.value)
     named = {finding.global_name for finding in scan.findings}
     assert set(case.globals) <= named
-    assert not item.marker.exists(), f"{case.name}: the payload ran"
+    assert_nothing_ran(item)
 
 
 @by_name(BYPASSED)
 def test_restricted_unpickler_refuses_without_the_scan(
-    case: Case, bypassed: dict[str, tuple[Any, bool]]
+    case: Case, bypassed: dict[str, tuple[Outcome, bool]]
 ) -> None:
     outcome, ran = bypassed[case.name]
     assert not ran, f"{case.name}: the payload ran with the scan bypassed: {outcome}"
@@ -103,7 +100,7 @@ def test_restricted_unpickler_refuses_a_global_in_process(
 ) -> None:
     target = Target(tmp_path / "marker")
     path = tmp_path / "model.pkl"
-    path.write_bytes(whole(call(sglobal("os", "system"), ustr(target.shell))))
+    path.write_bytes(whole(os_system(target)))
     _no_scan(monkeypatch)
     with pytest.raises(UnsafeModelError, match=r"refused to load global os\.system"):
         load_model(path)
@@ -115,8 +112,6 @@ def test_restricted_unpickler_covers_object_arrays_in_process(
 ) -> None:
     """An object array's nested pickle goes through the same refusal (joblib reads it with
     a second unpickler)."""
-    from malicious_corpus import ShellOnLoad
-
     marker = tmp_path / "marker"
     holder = np.empty(1, dtype=object)
     holder[0] = ShellOnLoad(Target(marker).shell)
@@ -134,15 +129,10 @@ def test_extension_registry_is_refused_even_where_it_is_registered(
     """EXT1 names a global through copyreg's registry: registered in this very process, the
     scan still refuses it (it cannot know the loader's registry), and the restricted
     unpickler refuses the global the registry resolves to."""
-    import copyreg
-
-    from integrity.safety.scanner import scan_path
-
     code = 0xEA
     target = Target(tmp_path / "marker")
     path = tmp_path / "model.pkl"
-    ext1 = b"\x82" + bytes([code])
-    path.write_bytes(whole(ext1 + MARK + ustr(target.shell) + TUPLE + REDUCE, 2))
+    path.write_bytes(extension_call("EXT1", code, target))
     copyreg.add_extension("os", "system", code)
     try:
         result = scan_path(path)
@@ -204,35 +194,27 @@ def estimators() -> list[tuple[str, Any, Any]]:
         ]
 
 
-def _pickle_dump(protocol: int) -> Callable[[Any, Path], None]:
-    def dump(obj: Any, path: Path) -> None:
-        path.write_bytes(pickle.dumps(obj, protocol=protocol))
-
-    return dump
+DUMPS = dict(dump_styles())  # tests/safety_corpus.py's writers, by style name
 
 
-def _joblib_dump(compress: Any) -> Callable[[Any, Path], None]:
-    return lambda obj, path: joblib.dump(obj, path, compress=compress)
-
-
-STYLES: dict[str, Callable[[Any, Path], None]] = {
-    "pickle_protocol_2": _pickle_dump(2),
-    "pickle_protocol_4": _pickle_dump(4),
-    "pickle_protocol_5": _pickle_dump(5),
-    "joblib": _joblib_dump(0),
-    "joblib_zlib": _joblib_dump(3),
-    "joblib_lz4": _joblib_dump(("lz4", 3)),
-    "joblib_xz": _joblib_dump(("xz", 3)),
-}
-
-
-@pytest.mark.parametrize("style", list(STYLES))
+@pytest.mark.parametrize(
+    "style",
+    [
+        "pickle_protocol_2",
+        "pickle_protocol_4",
+        "pickle_protocol_5",
+        "joblib",
+        "joblib_zlib_3",
+        "joblib_lz4_3",
+        "joblib_xz_3",
+    ],
+)
 def test_benign_models_load_and_predict_like_joblib(
     style: str, estimators: list[tuple[str, Any, Any]], tmp_path: Path
 ) -> None:
     for name, model, rows in estimators:
         path = tmp_path / f"{name}.bin"
-        STYLES[style](model, path)
+        DUMPS[style](model, path)
         ours = load_model(path)
         reference = joblib.load(path)
         assert type(ours) is type(reference), name
@@ -240,19 +222,17 @@ def test_benign_models_load_and_predict_like_joblib(
 
 
 def test_benign_skops_model_loads_from_the_scanned_file(
-    estimators: list[tuple[str, Any, Any]], tmp_path: Path
+    estimators: list[tuple[str, Any, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import skops.io
 
     _, model, rows = estimators[0]
     path = tmp_path / "model.skops"
     skops.io.dump(model, path)
-    cwd = os.getcwd()
-    os.chdir(tmp_path.parent)  # the path is read through the open file, not looked up again
-    try:
-        ours = load_model(Path(tmp_path.name) / "model.skops")
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(
+        tmp_path.parent
+    )  # the path is read through the open file, not looked up again
+    ours = load_model(Path(tmp_path.name) / "model.skops")
     np.testing.assert_array_equal(ours.predict(rows), model.predict(rows))
 
 

@@ -17,25 +17,25 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from malicious_corpus import (
+    REPO,
     Built,
     Case,
+    Outcome,
+    assert_nothing_ran,
     build_corpus,
     by_name,
     joblib_array_file,
+    load_corpus,
     malicious_cases,
-    run_loads,
-    wait_for,
     zlib_zeros,
 )
 
 from integrity.cli import main
 from integrity.safety.scanner import scan_path
 
-REPO = Path(__file__).resolve().parents[1]
 CASES = malicious_cases()
 LOADABLE = [case for case in CASES if case.control]
 
@@ -47,16 +47,11 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Built
 
 
 @pytest.fixture(scope="module")
-def controls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Any, bool]]]:
+def controls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Outcome, bool]]]:
     """Each loadable case, built afresh and loaded by its stock loader: (outcome, marker made)."""
-    with build_corpus(tmp_path_factory.mktemp("controls"), LOADABLE) as built:
-        outcomes = run_loads(built, lambda case: case.control, REPO)
-        wait_for([item.marker for item in built.values()])
-        yield {name: (outcomes[name], item.marker.exists()) for name, item in built.items()}
-
-
-def assert_nothing_ran(item: Built) -> None:
-    assert not item.marker.exists(), f"{item.case.name}: the payload ran"
+    root = tmp_path_factory.mktemp("controls")
+    with load_corpus(root, LOADABLE, lambda case: case.control, wait_seconds=5) as loaded:
+        yield loaded
 
 
 # ------------------------------------------------------------------ every case
@@ -119,7 +114,7 @@ def test_verify_fails_the_safety_check(case: Case, corpus: dict[str, Built]) -> 
 
 
 @by_name(LOADABLE)
-def test_payload_is_real(case: Case, controls: dict[str, tuple[Any, bool]]) -> None:
+def test_payload_is_real(case: Case, controls: dict[str, tuple[Outcome, bool]]) -> None:
     """The stock loader does run it: the corpus tests real attacks, not garbage."""
     outcome, marker_made = controls[case.name]
     assert marker_made, f"{case.control} did not run the payload: {outcome}"
@@ -210,7 +205,7 @@ def test_assembled_joblib_arrays_load_as_joblib_reads_them(tmp_path: Path) -> No
     assert scan_path(path).safe
 
 
-def test_controls_run_in_a_subprocess_not_here(controls: dict[str, tuple[Any, bool]]) -> None:
+def test_controls_run_in_a_subprocess_not_here(controls: dict[str, tuple[Outcome, bool]]) -> None:
     """No module a payload imports was imported into this process by the controls."""
     assert "payload_module" not in sys.modules
     assert "skops_payload_module" not in sys.modules

@@ -18,21 +18,23 @@ def _model_needing(tmp_path: Path, module: str, name: str) -> Path:
     return path
 
 
-def _manifest_with_allow(tmp_path: Path, model: Path, allow: list[dict[str, str]]) -> Path:
+def _init_manifest(tmp_path: Path, model: Path) -> Path:
     manifest = tmp_path / "model-integrity.json"
     assert main(["init", "--manifest", str(manifest), "--model", str(model)]) == 0
+    return manifest
+
+
+def _manifest_with_allow(tmp_path: Path, model: Path, allow: list[dict[str, str]]) -> Path:
+    manifest = _init_manifest(tmp_path, model)
     data = json.loads(manifest.read_text())
     data["safety"] = {"allow": allow}
     manifest.write_text(json.dumps(data))
     return manifest
 
 
-def test_unlisted_custom_class_fails_safety(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_unlisted_custom_class_fails_safety(tmp_path: Path) -> None:
     model = _model_needing(tmp_path, "myteam.features", "RatioFeatures")
-    manifest = tmp_path / "model-integrity.json"
-    assert main(["init", "--manifest", str(manifest), "--model", str(model)]) == 0
+    manifest = _init_manifest(tmp_path, model)
     report = tmp_path / "report.json"
     assert main(["verify", "--manifest", str(manifest), "--json", str(report)]) == 1
     safety = {c["id"]: c for c in json.loads(report.read_text())["checks"]}["safety"]

@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,38 @@ def test_fifo_is_refused_without_hanging(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "UNSAFE" in result.stdout and "FIFO" in result.stdout
+
+
+def test_symlinked_folder_inside_a_scanned_folder_is_refused_not_followed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "evil.pkl").write_bytes(b"\x80\x02cposix\nsystem\nX\x02\x00\x00\x00id\x85R.")
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "ok.pkl").write_bytes(pickle.dumps([1, 2], protocol=4))
+    (models / "linked").symlink_to(outside)
+    assert main(["scan", str(models)]) == 1
+    out = capsys.readouterr().out
+    verdicts = {line.split()[1]: line.split()[0] for line in out.splitlines() if line[:1] != " "}
+    assert verdicts == {str(models / "linked"): "UNSAFE", str(models / "ok.pkl"): "safe"}
+    assert "symlink" in out and "evil.pkl" not in out
+
+
+def test_unreadable_subfolder_is_exit_2_naming_it(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    refuse_opening: Callable[[Path], list[str]],
+) -> None:
+    models = tmp_path / "models"
+    (models / "locked").mkdir(parents=True)
+    (models / "ok.pkl").write_bytes(pickle.dumps([1, 2], protocol=4))
+    (models / "locked" / "hidden.pkl").write_bytes(pickle.dumps([3], protocol=4))
+    refused = refuse_opening(models / "locked")
+    assert main(["scan", str(models)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert refused and len(err) == 1
+    assert str(models / "locked") in err[0] and "Permission denied" in err[0]
+    assert "safe" not in captured.out  # nothing is called safe when part was not read
