@@ -52,17 +52,21 @@ def _restricted_find_class(allowlist: AllowList, proto: int, module: str, name: 
         raise UnsafeModelError(f"refused to load global {module}.{name}: {verdict.description}")
 
 
+def _refuse_persistent_id(unpickler: Any, pid: Any) -> Any:
+    raise UnsafeModelError("refused a persistent id")
+
+
 def _restricted_joblib_unpickler(allowlist: AllowList) -> type[Any]:
     """joblib's unpickler, held to the allow-list, nested object arrays included."""
     from joblib.numpy_pickle import NumpyArrayWrapper, NumpyUnpickler
 
     class RestrictedUnpickler(pickle._Unpickler):
         def find_class(self, module: str, name: str) -> Any:
+            # pickle._Unpickler sets proto only at a PROTO opcode (protocol 2+).
             _restricted_find_class(allowlist, getattr(self, "proto", 0), module, name)
             return super().find_class(module, name)
 
-        def persistent_load(self, pid: Any) -> Any:
-            raise UnsafeModelError("refused a persistent id")
+        persistent_load = _refuse_persistent_id
 
     class RestrictedArrayWrapper(NumpyArrayWrapper):  # type: ignore[misc]
         """joblib's wrapper, but a nested object array goes through the restricted
@@ -83,8 +87,7 @@ def _restricted_joblib_unpickler(allowlist: AllowList) -> type[Any]:
                 return RestrictedArrayWrapper
             return super().find_class(module, name)
 
-        def persistent_load(self, pid: Any) -> Any:
-            raise UnsafeModelError("refused a persistent id")
+        persistent_load = _refuse_persistent_id
 
     return RestrictedNumpyUnpickler
 
@@ -106,6 +109,8 @@ def load_model(path: Path, allowlist: AllowList | None = None) -> Any:
         if not scan.safe:
             first = scan.findings[0]
             raise UnsafeModelError(f"{path}: unsafe: {first.message}", scan)
+        # Detected again, not taken from the scan: the loader must stay safe even
+        # if the scan were wrong (the tests load every attack with it bypassed).
         fmt = detect_format(os.pread(fd, 8, 0))
         size = os.fstat(fd).st_size
         if fmt == "pickle":
