@@ -32,10 +32,12 @@ import math
 import re
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from integrity.safety import states
 from integrity.safety.streams import Source, StreamError
+from integrity.safety.symbols import Global, Obj, Opaque, SDict, SList, SSet
 
 MAX_LINE = 1 << 20  # protocol 0 text arguments; longer lines are refused
 MAX_KEPT = 1 << 16  # byte/str arguments longer than this are skipped, kept as opaque
@@ -68,53 +70,6 @@ class PickleError(Exception):
         self.message = message
         self.offset = offset
         self.nature = nature
-
-
-@dataclass(frozen=True)
-class Global:
-    module: str
-    name: str
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.module}.{self.name}"
-
-
-@dataclass
-class Obj:
-    """The result of calling an allowed global (REDUCE, NEWOBJ, INST, OBJ)."""
-
-    callable: Global
-    args: tuple[Any, ...]
-    state: Any = None
-
-
-@dataclass
-class Opaque:
-    """A value the scanner does not keep (large bytes, an array read from raw data)."""
-
-    kind: str
-    size: int = 0
-
-
-@dataclass
-class SList:
-    items: list[Any] = field(default_factory=list)
-
-
-@dataclass
-class SDict:
-    items: dict[Any, Any] = field(default_factory=dict)
-    # Keys that are not hashable symbols are kept here.
-    other: list[tuple[Any, Any]] = field(default_factory=list)
-
-    def get(self, key: str) -> Any:
-        return self.items.get(key)
-
-
-@dataclass
-class SSet:
-    items: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -927,7 +882,11 @@ def _make(
             "it makes may be an array wrapper joblib reads array data after",
             offset,
         )
-    vm.push(Obj(func, args))
+    made = Obj(func, args)
+    try:
+        vm.push(states.checked_call(made))
+    except states.UnsafeState as exc:
+        raise vm._fail("unsafe-state", f"{func.qualified}: {exc.message}", offset) from None
 
 
 @_op(b"R")
@@ -987,43 +946,22 @@ def _build(vm: PickleMachine, offset: int) -> None:
             offset,
             FAILS if _inert(target) else REFUSED,
         )
-    if target.callable == NUMPY_DTYPE and not _numpy_dtype_state(state):
+    try:
+        # A look-ahead checks the state too (pickle.load would build it), on a
+        # copy: it must not change what the machine it looks ahead for holds.
+        built = states.checked_build(replace(target) if vm.readonly else target, state)
+    except states.UnsafeState as exc:
         raise vm._fail(
-            "malformed",
-            "numpy.dtype state in a shape numpy never writes: numpy can crash loading it",
-            offset,
-        )
+            "unsafe-state", f"{target.callable.qualified}: {exc.message}", offset
+        ) from None
     if vm.readonly:
         return
-    target.state = state
+    vm.stack[-1] = built
     if vm.on_array is not None and target.callable == JOBLIB_WRAPPER:
         vm.stack[-1] = vm.on_array(vm, target, offset)
 
 
 JOBLIB_WRAPPER = Global("joblib.numpy_pickle", "NumpyArrayWrapper")
-NUMPY_DTYPE = Global("numpy", "dtype")
-
-
-def _numpy_dtype_state(state: Any) -> bool:
-    """Whether a dtype's BUILD state has the shape numpy's __reduce__ writes:
-    (3, byteorder, subarray, names, fields, elsize, alignment, flags), plus
-    metadata at version 4. numpy's C __setstate__ trusts what it is given."""
-    if not isinstance(state, tuple) or len(state) not in (8, 9):
-        return False
-    version, order, subarray, names, fields, elsize, alignment, flags = state[:8]
-    if (version, len(state)) not in ((3, 8), (4, 9)) or order not in ("<", ">", "|", "="):
-        return False
-    if subarray is not None and not (isinstance(subarray, tuple) and len(subarray) == 2):
-        return False
-    if names is not None and not (isinstance(names, tuple) and all(type(n) is str for n in names)):
-        return False
-    if fields is not None and not isinstance(fields, SDict):
-        return False
-    if (names is None) != (fields is None):
-        return False
-    return all(type(v) is int for v in (elsize, alignment, flags))
-
-
 # ---- refused outright
 
 
