@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from integrity.errors import ManifestError
-from integrity.paths import collision_key, escapes_root, is_within, manifest_path_problem
+from integrity.paths import collision_key, escapes_root, manifest_path_problem
 from integrity.text import counted
 
 MANIFEST_VERSION: Literal[1] = 1
@@ -150,15 +150,6 @@ class Manifest(_Strict):
             ):
                 raise ValueError(f"files: {path!r} is not inside any recorded artifact")
         return self
-
-    def model_paths(self) -> list[str]:
-        """Every recorded file that belongs to a `model` artifact."""
-        roots = [a for a in self.artifacts if a.role == "model"]
-        return [
-            f.path
-            for f in self.files
-            if any(f.path == r.path or is_within(f.path, r.path) for r in roots)
-        ]
 
 
 def _no_duplicates(field: str, paths: list[str]) -> None:
