@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -121,16 +120,20 @@ class Manifest(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
-        _no_duplicates("artifacts", [a.path for a in self.artifacts])
-        _no_duplicates("files", [f.path for f in self.files])
+        # Linear in the number of paths: each folder is looked at once, however
+        # many files it holds (a manifest may list tens of thousands).
+        artifact_paths = [a.path for a in self.artifacts]
+        file_paths = [f.path for f in self.files]
+        _no_duplicates("artifacts", artifact_paths)
+        _no_duplicates("files", file_paths)
         if self.safety is not None:
             pairs = [(g.module, g.name) for g in self.safety.allow]
             if len(set(pairs)) != len(pairs):
                 raise ValueError("safety.allow: an entry is listed twice")
-        _one_spelling([a.path for a in self.artifacts] + [f.path for f in self.files])
+        _one_spelling(artifact_paths + file_paths)
         if not any(a.role == "model" for a in self.artifacts):
             raise ValueError("artifacts: no artifact has role 'model'")
-        files = {f.path for f in self.files}
+        files = set(file_paths)
         directories = [a.path for a in self.artifacts if a.type == "directory"]
         for artifact in self.artifacts:
             if artifact.type == "file" and artifact.path not in files:
@@ -138,16 +141,18 @@ class Manifest(_Strict):
             if artifact.type == "directory" and artifact.path in files:
                 raise ValueError(f"artifacts: {artifact.path!r} is a directory and a file")
         # A recorded file cannot also be a folder holding other recorded paths.
-        for path in [f.path for f in self.files] + directories:
-            for folder in _ancestors(path):
+        clear: set[str] = set()  # folders proven not to be, nor lie in, a recorded file
+        for path in file_paths + directories:
+            walked = _new_folders(path, clear)
+            for folder in reversed(walked):  # outermost first
                 if folder in files:
                     raise ValueError(f"{path!r} is inside {folder!r}, which is recorded as a file")
+            clear.update(walked)
         file_artifacts = {a.path for a in self.artifacts if a.type == "file"}
         directory_set = set(directories)
-        for path in files:
-            if path not in file_artifacts and not any(
-                folder in directory_set for folder in _ancestors(path)
-            ):
+        covered: dict[str, bool] = {}  # folder: it or a folder above it is recorded
+        for path in file_paths:
+            if path not in file_artifacts and not _covered(_parent(path), directory_set, covered):
                 raise ValueError(f"files: {path!r} is not inside any recorded artifact")
         return self
 
@@ -175,20 +180,52 @@ def _no_duplicates(field: str, paths: list[str]) -> None:
         seen[key] = path
 
 
-def _ancestors(path: str) -> Iterator[str]:
-    """The folders leading to `path`: 'a/b/c' gives 'a' and 'a/b'."""
-    end = path.find("/")
-    while end != -1:
-        yield path[:end]
-        end = path.find("/", end + 1)
+def _parent(path: str) -> str:
+    """The folder holding `path` ('' at the top)."""
+    return path.rpartition("/")[0]
+
+
+def _new_folders(path: str, seen: set[str]) -> list[str]:
+    """The folders leading to `path`, innermost first, up to the first one in `seen`."""
+    walked = []
+    folder = _parent(path)
+    while folder and folder not in seen:
+        walked.append(folder)
+        folder = _parent(folder)
+    return walked
+
+
+def _covered(folder: str, directories: set[str], memo: dict[str, bool]) -> bool:
+    """Whether `folder` or a folder above it is in `directories` (memoised)."""
+    walked = []
+    result = False
+    while folder:
+        known = memo.get(folder)
+        if known is not None:
+            result = known
+            break
+        walked.append(folder)
+        if folder in directories:
+            result = True
+            break
+        folder = _parent(folder)
+    for name in walked:
+        memo[name] = result
+    return result
 
 
 def _one_spelling(paths: list[str]) -> None:
     """Each file and folder is spelled one way: 'Data/a' and 'data/b' would be
     two folders on Linux but one on macOS and Windows."""
     spelled: dict[str, str] = {}
+    seen: set[str] = set()
     for path in paths:
-        for name in (*_ancestors(path), path):
+        if path in seen:
+            continue
+        seen.add(path)
+        walked = _new_folders(path, seen)
+        seen.update(walked)
+        for name in (*reversed(walked), path):
             other = spelled.setdefault(collision_key(name), name)
             if other != name:
                 raise ValueError(

@@ -13,11 +13,11 @@ import os
 import stat
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import ClassVar
 
 from integrity.checks import CheckContext, CheckOutcome, root_folder
 from integrity.files import (
+    Folders,
     PathProblem,
     describe_mode,
     display_name,
@@ -26,7 +26,7 @@ from integrity.files import (
     lstat_path,
     open_regular,
 )
-from integrity.hashing import parallel_map, sha256_fd
+from integrity.hashing import INLINE_BELOW, parallel_map, sha256_fd
 from integrity.manifest import FileDigest, Manifest
 from integrity.paths import collision_key, is_within
 from integrity.progress import Progress, human_size
@@ -43,10 +43,8 @@ _PROBLEM_CODES = {
 }
 
 
-@dataclass
-class _FileResult:
-    recorded: FileDigest
-    finding: Finding | None
+def _small(entry: FileDigest) -> bool:
+    return entry.size < INLINE_BELOW
 
 
 class DigestsCheck:
@@ -86,20 +84,23 @@ class DigestsCheck:
 
         to_hash = [f for f in manifest.files if not any(is_within(f.path, d) for d in broken_dirs)]
         total = sum(f.size for f in to_hash)
-        with Progress("digests", total, enabled=context.show_progress) as progress:
-
-            def verify(entry: FileDigest) -> _FileResult:
-                return _FileResult(entry, _verify_file(root_fd, entry, progress.advance, names))
-
-            results = list(parallel_map(verify, to_hash))
-
         verified = 0
-        for result in results:
-            if result.finding is None:
-                verified += 1
-                context.verified.add(result.recorded.path)
-            else:
-                findings.append(result.finding)
+        with (
+            Progress("digests", total, enabled=context.show_progress) as progress,
+            Folders(root_fd) as folders,
+        ):
+
+            def verify(entry: FileDigest) -> Finding | None:
+                return _verify_file(root_fd, entry, progress.advance, names, folders)
+
+            # Results come in input order: pair each with its entry as it arrives.
+            outcomes = parallel_map(verify, to_hash, inline=_small)
+            for entry, finding in zip(to_hash, outcomes, strict=True):
+                if finding is None:
+                    verified += 1
+                    context.verified.add(entry.path)
+                else:
+                    findings.append(finding)
 
         findings.sort(key=lambda f: (f.path or "", f.code))
         checked = len(manifest.files)
@@ -139,11 +140,15 @@ class _NameIndex:
 
 
 def _verify_file(
-    root_fd: int, entry: FileDigest, advance: Callable[[int], None], names: _NameIndex
+    root_fd: int,
+    entry: FileDigest,
+    advance: Callable[[int], None],
+    names: _NameIndex,
+    folders: Folders,
 ) -> Finding | None:
     path = entry.path
     try:
-        fd, st = open_regular(root_fd, path)
+        fd, st = open_regular(root_fd, path, folders)
     except PathProblem as problem:
         return _problem_finding(problem, names, path)
     try:
