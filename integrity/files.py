@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -316,24 +315,29 @@ def walk_tree(dir_fd: int) -> Iterator[tuple[str, os.stat_result | Unreadable]]:
             os.close(fd)
 
 
-def list_directory(root_fd: int, path: str) -> dict[str, os.stat_result]:
-    """Every entry beneath manifest directory `path`, recursively: manifest path to
-    lstat, sorted by path.
+def walk_directory(root_fd: int, path: str) -> Iterator[tuple[str, os.stat_result]]:
+    """Every entry beneath manifest directory `path`, recursively, as (manifest path,
+    lstat) pairs as they are read (sorted within each folder, depth first): nothing
+    is kept per entry, so memory does not grow with the number of files.
 
     Symlinks and special files are listed (so they can be reported), never followed.
-    Raises OSError when part of the tree cannot be read.
+    Raises OSError when part of the tree cannot be read, PathProblem when a folder
+    leading to `path` is not one.
     """
     parts = path.split("/")
     folder = _open_parent(root_fd, [*parts, "_"])
-    found: dict[str, os.stat_result] = {}
     try:
         for rel, item in walk_tree(folder):
             if isinstance(item, Unreadable):
                 raise item.error
-            found[f"{path}/{rel}"] = item
+            yield f"{path}/{rel}", item
     finally:
         os.close(folder)
-    return dict(sorted(found.items()))
+
+
+def list_directory(root_fd: int, path: str) -> dict[str, os.stat_result]:
+    """`walk_directory` as a dict, sorted by path."""
+    return dict(sorted(walk_directory(root_fd, path)))
 
 
 def lstat_path(root_fd: int, path: str) -> os.stat_result:
@@ -384,6 +388,8 @@ def write_file_atomically(path: Path, data: bytes, *, overwrite: bool) -> None:
     """Write `data` to `path` through a temporary file beside it, so a reader never
     sees half a file. Unless `overwrite`, an existing file is kept (even one created
     meanwhile) and FileExistsError raised. Raises OSError; leaves no temporary file."""
+    import tempfile  # only init writes files: kept off the start-up of every command
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:

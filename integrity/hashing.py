@@ -12,8 +12,10 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 BLOCK_SIZE = 1 << 20  # 1 MiB: large enough to amortise syscalls, small enough to stay in cache
 
@@ -120,6 +122,9 @@ def parallel_map(
                 pending.append(_Ready(function(item)))
             else:
                 if pool is None:
+                    # Imported here: a run of small files never starts a thread.
+                    from concurrent.futures import ThreadPoolExecutor
+
                     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hash")
                 pending.append(pool.submit(function, item))
             while pending and (len(pending) >= window or pending[0].done()):

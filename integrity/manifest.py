@@ -19,10 +19,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic.dataclasses import dataclass
 
 from integrity.errors import ManifestError
 from integrity.paths import collision_key, escapes_root, is_within, manifest_path_problem
@@ -46,7 +48,10 @@ Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # defer_build: a model's validator is built on first use, not at import. Loading
+    # a manifest builds Manifest's alone (its sub-models are part of it); the
+    # sub-models' own are built only by what constructs them (init).
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
 
 
 class Artifact(_Strict):
@@ -62,12 +67,17 @@ class Artifact(_Strict):
     )
 
 
-class FileDigest(_Strict):
+# A manifest may list tens of thousands of files: each is a slotted dataclass
+# (56 bytes) rather than a model (about 400 bytes with its __dict__ and
+# fields-set). Strict per field, since a strict dataclass would refuse the JSON
+# object it is read from.
+@dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid", defer_build=True))
+class FileDigest:
     """One regular file: its SHA-256 and size in bytes."""
 
-    path: ManifestPath
-    sha256: Sha256Hex
-    size: int = Field(ge=0)
+    path: Annotated[str, Strict(), AfterValidator(_check_path)]
+    sha256: Annotated[str, Strict(), Field(pattern=r"^[0-9a-f]{64}$")]
+    size: Annotated[int, Strict(), Field(ge=0)]
 
 
 _IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -167,17 +177,14 @@ class Manifest(_Strict):
 
 
 def _no_duplicates(field: str, paths: list[str]) -> None:
-    seen: dict[str, str] = {}
+    """No path listed twice (two spellings of one name are `_one_spelling`'s)."""
+    if len(set(paths)) == len(paths):
+        return
+    seen: set[str] = set()
     for path in paths:
-        key = collision_key(path)
-        if key in seen:
-            if seen[key] == path:
-                raise ValueError(f"{field}: {path!r} is listed twice")
-            raise ValueError(
-                f"{field}: {seen[key]!r} and {path!r} differ only in case or Unicode "
-                "normalisation; they are the same file on macOS and Windows"
-            )
-        seen[key] = path
+        if path in seen:
+            raise ValueError(f"{field}: {path!r} is listed twice")
+        seen.add(path)
 
 
 def _parent(path: str) -> str:
@@ -244,13 +251,45 @@ def build_manifest(artifacts: list[Artifact], files: list[FileDigest]) -> Manife
 
 
 def dump_manifest(manifest: Manifest) -> str:
-    """Canonical text: same manifest, same bytes."""
-    data = manifest.model_dump(mode="json", exclude_none=True)
+    """Canonical text: same manifest, same bytes.
+
+    Exactly `json.dumps(manifest.model_dump(mode="json", exclude_none=True),
+    indent=2, ensure_ascii=False)` with sorted lists, but the file entries are
+    written directly: with an indent, json.dumps runs its pure-Python encoder,
+    which for tens of thousands of files is slow and holds a list of a dozen
+    small strings per entry until it joins them.
+    """
+    data = manifest.model_dump(mode="json", exclude_none=True, exclude={"files"})
     data["artifacts"].sort(key=lambda a: a["path"])
-    data["files"].sort(key=lambda f: f["path"])
     if "safety" in data:
         data["safety"]["allow"].sort(key=lambda g: (g["module"], g["name"]))
-    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    files = sorted(manifest.files, key=lambda f: f.path)
+    # "files" in its field place, as an empty list to be filled in below.
+    ordered = {name: data[name] if name != "files" else [] for name in _dumped_fields(data)}
+    text = json.dumps(ordered, indent=2, ensure_ascii=False) + "\n"
+    if not files:
+        return text
+    # Unique: a newline inside a JSON string is always escaped.
+    placeholder = '\n  "files": []'
+    entries = ",\n".join(map(_file_entry, files))
+    before, found, after = text.partition(placeholder)
+    if not found:  # pragma: no cover - json.dumps always writes it
+        raise RuntimeError("manifest text lacks its files list")
+    return f'{before}\n  "files": [\n{entries}\n  ]{after}'
+
+
+def _file_entry(entry: FileDigest) -> str:
+    path = json.dumps(entry.path, ensure_ascii=False)
+    sha256 = json.dumps(entry.sha256)
+    return (
+        f'    {{\n      "path": {path},\n      "sha256": {sha256},\n'
+        f'      "size": {entry.size}\n    }}'
+    )
+
+
+def _dumped_fields(data: dict[str, Any]) -> list[str]:
+    """The manifest's field names in model order, as model_dump writes them."""
+    return [name for name in Manifest.model_fields if name in data or name == "files"]
 
 
 def write_manifest(text: str, path: Path, *, overwrite: bool) -> None:
@@ -272,11 +311,13 @@ def manifest_schema() -> dict[str, Any]:
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):  # the loop only to name the key
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
     return result
 
 
@@ -343,6 +384,7 @@ def parse_manifest(data: bytes, shown: str) -> Manifest:
             parse_constant=_reject_constant,
             parse_int=_parse_int,
         )
+        del text  # the parsed objects hold what is needed: free its copy before validating
     except json.JSONDecodeError as exc:
         raise ManifestError(
             shown, f"line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
@@ -387,7 +429,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     message = first["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
-    if first["type"] == "extra_forbidden":
+    if first["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         message = "unknown field"
     elif first["type"] == "missing":
         message = "required field is missing"

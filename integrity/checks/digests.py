@@ -21,10 +21,10 @@ from integrity.files import (
     PathProblem,
     describe_mode,
     display_name,
-    list_directory,
     list_names,
     lstat_path,
     open_regular,
+    walk_directory,
 )
 from integrity.hashing import INLINE_BELOW, parallel_map, sha256_fd
 from integrity.manifest import FileDigest, Manifest
@@ -56,7 +56,7 @@ class DigestsCheck:
 
     def _run(self, manifest: Manifest, context: CheckContext, root_fd: int) -> CheckOutcome:
         findings: list[Finding] = []
-        recorded = {f.path: f for f in manifest.files}
+        recorded = {f.path for f in manifest.files}
         broken_dirs: list[str] = []
         names = _NameIndex(root_fd)
 
@@ -68,8 +68,12 @@ class DigestsCheck:
                 findings.append(problem)
                 broken_dirs.append(artifact.path)
                 continue
+            added: list[Finding] = []
             try:
-                present = list_directory(root_fd, artifact.path)
+                # Streamed: only what is not recorded is kept.
+                for path, st in walk_directory(root_fd, artifact.path):
+                    if path not in recorded:
+                        added.append(_added(path, st.st_mode))
             except PathProblem as problem:  # changed between the lstat and the listing
                 findings.append(_unreadable(artifact.path, f"cannot list folder: {problem}"))
                 broken_dirs.append(artifact.path)
@@ -78,9 +82,7 @@ class DigestsCheck:
                 findings.append(_unreadable(artifact.path, f"cannot list folder: {exc.strerror}"))
                 broken_dirs.append(artifact.path)
                 continue
-            for path, st in present.items():
-                if path not in recorded:
-                    findings.append(_added(path, st.st_mode))
+            findings.extend(added)
 
         to_hash = [f for f in manifest.files if not any(is_within(f.path, d) for d in broken_dirs)]
         total = sum(f.size for f in to_hash)
