@@ -213,11 +213,6 @@ def manifest_digests(path: Path) -> dict[str, str]:
 # --- the benchmark ---------------------------------------------------------------------
 
 
-def disturbed(result: Run, cores: int) -> bool:
-    """Other processes took a noticeable share of the cores during this run."""
-    return result.others_cpu > max(0.1, 0.05 * result.seconds * cores)
-
-
 def bench_dataset(
     root: Path, dataset: DataSet, cli: str, cores: int, runs: int, retries: int
 ) -> list[Command]:
@@ -263,16 +258,12 @@ def bench_dataset(
             result = checked(command, folder)
             _validate(command.key, result, expected_out, expected, folder)
 
-    for round_ in range(runs):
-        for command in measure.rotated(commands, round_):
-            for attempt in range(retries + 1):
-                result = checked(command, folder)
-                _validate(command.key, result, expected_out, expected, folder)
-                if not disturbed(result, cores) or attempt == retries:
-                    break
-                command.retried += 1
-            command.runs.append(result)
-        print(f"  {dataset.name}: round {round_ + 1}/{runs} done", file=sys.stderr)
+    def run_one(command: Command) -> Run:
+        result = checked(command, folder)
+        _validate(command.key, result, expected_out, expected, folder)
+        return result
+
+    measure.timed_rounds(commands, runs, retries, cores, run_one, dataset.name)
     order = (BASELINE, "hash", "init", "verify-digests", "verify", "sha256sum", "startup", "floor")
     return [by_key[k] for k in order]
 

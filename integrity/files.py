@@ -264,47 +264,52 @@ class Unreadable:
     error: OSError
 
 
-def walk_tree(dir_fd: int) -> Iterator[tuple[str, os.stat_result | Unreadable]]:
-    """Every entry beneath the open folder `dir_fd`, as ('a/b', lstat) pairs.
+def walk_entries(dir_fd: int) -> Iterator[tuple[str, os.DirEntry[str] | Unreadable]]:
+    """Every entry beneath the open folder `dir_fd`, as ('a/b', DirEntry) pairs.
 
     Symlinks and special files are listed (so they can be reported), never
-    followed; folders are walked, not listed. Depth first with one descriptor
-    per level, so no recursion limit; a fresh descriptor for the top, so
-    listing never shares the caller's read offset. An entry that cannot be
-    read comes with `Unreadable` ('' for the top folder itself).
+    followed; folders are walked, not listed (a folder is opened O_NOFOLLOW, so
+    one swapped for a symlink is refused, whatever the listing said). Depth
+    first with one descriptor per level, so no recursion limit; a fresh
+    descriptor for the top, so listing never shares the caller's read offset.
+    An entry that cannot be read comes with `Unreadable` ('' for the top folder).
+
+    Entries carry the listing's file type, so telling folders from files costs
+    no lstat; an entry's `stat(follow_symlinks=False)` must be taken before the
+    next entry is (its folder's descriptor is closed once walked).
     """
     top = os.open(".", _DIR_FLAGS, dir_fd=dir_fd)
     try:
-        entries = sorted(os.listdir(top))
+        entries = _sorted_entries(top)
     except OSError as exc:
         os.close(top)
         yield "", Unreadable("list", exc)
         return
-    stack: list[tuple[int, str, Iterator[str]]] = [(top, "", iter(entries))]
+    stack: list[tuple[int, str, Iterator[os.DirEntry[str]]]] = [(top, "", iter(entries))]
     try:
         while stack:
-            fd, prefix, names = stack[-1]
-            name = next(names, None)
-            if name is None:
+            fd, prefix, items = stack[-1]
+            entry = next(items, None)
+            if entry is None:
                 stack.pop()
                 os.close(fd)
                 continue
-            child = prefix + name
+            child = prefix + entry.name
             try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                is_folder = entry.is_dir(follow_symlinks=False)
             except OSError as exc:
                 yield child, Unreadable("read", exc)
                 continue
-            if not stat.S_ISDIR(st.st_mode):
-                yield child, st
+            if not is_folder:
+                yield child, entry
                 continue
             try:
-                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
                 yield child, Unreadable("open folder", exc)
                 continue
             try:
-                entries = sorted(os.listdir(sub))
+                entries = _sorted_entries(sub)
             except OSError as exc:
                 os.close(sub)
                 yield child, Unreadable("list", exc)
@@ -315,10 +320,30 @@ def walk_tree(dir_fd: int) -> Iterator[tuple[str, os.stat_result | Unreadable]]:
             os.close(fd)
 
 
-def walk_directory(root_fd: int, path: str) -> Iterator[tuple[str, os.stat_result]]:
+def _sorted_entries(fd: int) -> list[os.DirEntry[str]]:
+    with os.scandir(fd) as listing:
+        return sorted(listing, key=lambda entry: entry.name)
+
+
+def walk_tree(dir_fd: int) -> Iterator[tuple[str, os.stat_result | Unreadable]]:
+    """`walk_entries`, each entry with its lstat."""
+    for rel, item in walk_entries(dir_fd):
+        if isinstance(item, Unreadable):
+            yield rel, item
+            continue
+        try:
+            st = item.stat(follow_symlinks=False)
+        except OSError as exc:
+            yield rel, Unreadable("read", exc)
+            continue
+        yield rel, st
+
+
+def walk_directory(root_fd: int, path: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
     """Every entry beneath manifest directory `path`, recursively, as (manifest path,
-    lstat) pairs as they are read (sorted within each folder, depth first): nothing
-    is kept per entry, so memory does not grow with the number of files.
+    entry) pairs as they are read (sorted within each folder, depth first): nothing
+    is kept per entry, so memory does not grow with the number of files. See
+    `walk_entries` (take an entry's stat before the next entry).
 
     Symlinks and special files are listed (so they can be reported), never followed.
     Raises OSError when part of the tree cannot be read, PathProblem when a folder
@@ -327,7 +352,7 @@ def walk_directory(root_fd: int, path: str) -> Iterator[tuple[str, os.stat_resul
     parts = path.split("/")
     folder = _open_parent(root_fd, [*parts, "_"])
     try:
-        for rel, item in walk_tree(folder):
+        for rel, item in walk_entries(folder):
             if isinstance(item, Unreadable):
                 raise item.error
             yield f"{path}/{rel}", item
@@ -336,8 +361,11 @@ def walk_directory(root_fd: int, path: str) -> Iterator[tuple[str, os.stat_resul
 
 
 def list_directory(root_fd: int, path: str) -> dict[str, os.stat_result]:
-    """`walk_directory` as a dict, sorted by path."""
-    return dict(sorted(walk_directory(root_fd, path)))
+    """Every entry beneath manifest directory `path` with its lstat, sorted by path."""
+    found = {
+        name: entry.stat(follow_symlinks=False) for name, entry in walk_directory(root_fd, path)
+    }
+    return dict(sorted(found.items()))
 
 
 def lstat_path(root_fd: int, path: str) -> os.stat_result:

@@ -32,8 +32,15 @@ def _buffer() -> memoryview:
     return view
 
 
-def sha256_fd(fd: int, advance: Callable[[int], None] | None = None) -> tuple[str, int]:
-    """Hex SHA-256 and byte count of everything readable from `fd` (not closed here)."""
+def sha256_fd(
+    fd: int, advance: Callable[[int], None] | None = None, size: int | None = None
+) -> tuple[str, int]:
+    """Hex SHA-256 and byte count of everything readable from `fd` (not closed here).
+
+    `size`, the fstat size of a regular file, saves the read that would only
+    find the end: a short read that reaches it is the end of the file as it
+    stood when it was opened (a read of a regular file is short only at its end).
+    """
     digest = hashlib.sha256()
     view = _buffer()
     total = 0
@@ -47,6 +54,8 @@ def sha256_fd(fd: int, advance: Callable[[int], None] | None = None) -> tuple[st
         total += n
         if advance is not None:
             advance(n)
+        if n < BLOCK_SIZE and total == size:
+            break
     return digest.hexdigest(), total
 
 

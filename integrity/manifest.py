@@ -130,8 +130,8 @@ class Manifest(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
-        # Linear in the number of paths: each folder is looked at once, however
-        # many files it holds (a manifest may list tens of thousands).
+        # Set operations over all paths, Python loops only over folders or on
+        # error: a manifest may list tens of thousands of files.
         artifact_paths = [a.path for a in self.artifacts]
         file_paths = [f.path for f in self.files]
         _no_duplicates("artifacts", artifact_paths)
@@ -140,30 +140,27 @@ class Manifest(_Strict):
             pairs = [(g.module, g.name) for g in self.safety.allow]
             if len(set(pairs)) != len(pairs):
                 raise ValueError("safety.allow: an entry is listed twice")
-        _one_spelling(artifact_paths + file_paths)
+        files = set(file_paths)
+        folders = _folders_above(files | set(artifact_paths))
+        _one_spelling(files | set(artifact_paths) | folders)
         if not any(a.role == "model" for a in self.artifacts):
             raise ValueError("artifacts: no artifact has role 'model'")
-        files = set(file_paths)
-        directories = [a.path for a in self.artifacts if a.type == "directory"]
+        directories = {a.path for a in self.artifacts if a.type == "directory"}
         for artifact in self.artifacts:
             if artifact.type == "file" and artifact.path not in files:
                 raise ValueError(f"artifacts: file {artifact.path!r} has no entry in files")
             if artifact.type == "directory" and artifact.path in files:
                 raise ValueError(f"artifacts: {artifact.path!r} is a directory and a file")
         # A recorded file cannot also be a folder holding other recorded paths.
-        clear: set[str] = set()  # folders proven not to be, nor lie in, a recorded file
-        for path in file_paths + directories:
-            walked = _new_folders(path, clear)
-            for folder in reversed(walked):  # outermost first
-                if folder in files:
-                    raise ValueError(f"{path!r} is inside {folder!r}, which is recorded as a file")
-            clear.update(walked)
+        for folder in sorted(files & folders):
+            inside = sorted(p for p in files | directories if p.startswith(folder + "/"))
+            raise ValueError(f"{inside[0]!r} is inside {folder!r}, which is recorded as a file")
         file_artifacts = {a.path for a in self.artifacts if a.type == "file"}
-        directory_set = set(directories)
-        covered: dict[str, bool] = {}  # folder: it or a folder above it is recorded
-        for path in file_paths:
-            if path not in file_artifacts and not _covered(_parent(path), directory_set, covered):
-                raise ValueError(f"files: {path!r} is not inside any recorded artifact")
+        loose = files - file_artifacts
+        parents = {path.rpartition("/")[0] for path in loose}
+        for parent in parents - _folders_within(parents, directories):
+            path = min(p for p in loose if p.rpartition("/")[0] == parent)
+            raise ValueError(f"files: {path!r} is not inside any recorded artifact")
         return self
 
     def model_paths(self) -> list[str]:
@@ -187,58 +184,42 @@ def _no_duplicates(field: str, paths: list[str]) -> None:
         seen.add(path)
 
 
-def _parent(path: str) -> str:
-    """The folder holding `path` ('' at the top)."""
-    return path.rpartition("/")[0]
+def _folders_above(paths: set[str]) -> set[str]:
+    """Every folder leading to any of `paths`: 'a/b/c' gives 'a' and 'a/b'."""
+    pending = {path.rpartition("/")[0] for path in paths} - {""}
+    folders: set[str] = set()
+    while pending:  # one round per level of depth
+        folders |= pending
+        pending = {folder.rpartition("/")[0] for folder in pending} - {""} - folders
+    return folders
 
 
-def _new_folders(path: str, seen: set[str]) -> list[str]:
-    """The folders leading to `path`, innermost first, up to the first one in `seen`."""
-    walked = []
-    folder = _parent(path)
-    while folder and folder not in seen:
-        walked.append(folder)
-        folder = _parent(folder)
-    return walked
+def _folders_within(folders: set[str], directories: set[str]) -> set[str]:
+    """Those of `folders` that are one of `directories` or lie inside one."""
+    within = set()
+    for folder in folders:
+        above = folder
+        while above and above not in directories:
+            above = above.rpartition("/")[0]
+        if above:
+            within.add(folder)
+    return within
 
 
-def _covered(folder: str, directories: set[str], memo: dict[str, bool]) -> bool:
-    """Whether `folder` or a folder above it is in `directories` (memoised)."""
-    walked = []
-    result = False
-    while folder:
-        known = memo.get(folder)
-        if known is not None:
-            result = known
-            break
-        walked.append(folder)
-        if folder in directories:
-            result = True
-            break
-        folder = _parent(folder)
-    for name in walked:
-        memo[name] = result
-    return result
-
-
-def _one_spelling(paths: list[str]) -> None:
+def _one_spelling(names: set[str]) -> None:
     """Each file and folder is spelled one way: 'Data/a' and 'data/b' would be
     two folders on Linux but one on macOS and Windows."""
+    keys = {collision_key(name) for name in names}
+    if len(keys) == len(names):
+        return
     spelled: dict[str, str] = {}
-    seen: set[str] = set()
-    for path in paths:
-        if path in seen:
-            continue
-        seen.add(path)
-        walked = _new_folders(path, seen)
-        seen.update(walked)
-        for name in (*reversed(walked), path):
-            other = spelled.setdefault(collision_key(name), name)
-            if other != name:
-                raise ValueError(
-                    f"{other!r} and {name!r} differ only in case or Unicode "
-                    "normalisation; they are the same name on macOS and Windows"
-                )
+    for name in sorted(names):
+        other = spelled.setdefault(collision_key(name), name)
+        if other != name:
+            raise ValueError(
+                f"{other!r} and {name!r} differ only in case or Unicode "
+                "normalisation; they are the same name on macOS and Windows"
+            )
 
 
 def build_manifest(artifacts: list[Artifact], files: list[FileDigest]) -> Manifest:

@@ -71,9 +71,9 @@ class DigestsCheck:
             added: list[Finding] = []
             try:
                 # Streamed: only what is not recorded is kept.
-                for path, st in walk_directory(root_fd, artifact.path):
+                for path, found in walk_directory(root_fd, artifact.path):
                     if path not in recorded:
-                        added.append(_added(path, st.st_mode))
+                        added.append(_added(path, found.stat(follow_symlinks=False).st_mode))
             except PathProblem as problem:  # changed between the lstat and the listing
                 findings.append(_unreadable(artifact.path, f"cannot list folder: {problem}"))
                 broken_dirs.append(artifact.path)
@@ -84,7 +84,9 @@ class DigestsCheck:
                 continue
             findings.extend(added)
 
-        to_hash = [f for f in manifest.files if not any(is_within(f.path, d) for d in broken_dirs)]
+        to_hash = manifest.files
+        if broken_dirs:
+            to_hash = [f for f in to_hash if not any(is_within(f.path, d) for d in broken_dirs)]
         total = sum(f.size for f in to_hash)
         verified = 0
         with (
@@ -124,6 +126,8 @@ class _NameIndex:
         self._lock = threading.Lock()
 
     def names(self, directory: str) -> set[str] | None:
+        if directory in self._cache:  # read without the lock: entries are only ever added
+            return self._cache[directory]
         with self._lock:  # hashing threads share the index
             if directory not in self._cache:
                 self._cache[directory] = list_names(self._root_fd, directory)
@@ -176,7 +180,7 @@ def _verify_file(
                 actual=str(st.st_size),
             )
         try:
-            actual, count = sha256_fd(fd, advance)
+            actual, count = sha256_fd(fd, advance, st.st_size)
         except OSError as exc:
             return _unreadable(path, f"read failed: {exc.strerror}")
         if count != entry.size:

@@ -94,7 +94,8 @@ def expand_files(root_fd: int, artifacts: list[Artifact]) -> dict[str, int]:
             if artifact.type == "file":
                 sizes[artifact.path] = lstat_path(root_fd, artifact.path).st_size
                 continue
-            for path, st in walk_directory(root_fd, artifact.path):
+            for path, entry in walk_directory(root_fd, artifact.path):
+                st = entry.stat(follow_symlinks=False)
                 if not stat.S_ISREG(st.st_mode):
                     raise UserError(
                         f"{path}: is {describe_mode(st.st_mode)} inside a recorded folder; "
@@ -117,11 +118,11 @@ def hash_files(root_fd: int, sizes: dict[str, int], show_progress: bool) -> list
 
         def digest(path: str) -> FileDigest:
             try:
-                fd, _ = open_regular(root_fd, path, folders)
+                fd, st = open_regular(root_fd, path, folders)
             except PathProblem as problem:
                 raise UserError(str(problem)) from None
             try:
-                sha256, size = sha256_fd(fd, progress.advance)
+                sha256, size = sha256_fd(fd, progress.advance, st.st_size)
             except OSError as exc:
                 raise UserError(f"{path}: read failed: {exc.strerror}") from None
             finally:
