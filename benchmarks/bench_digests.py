@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark model-integrity's SHA-256 work against openssl and coreutils.
 
-    python benchmarks/bench_digests.py [--data-dir DIR] [--runs N] [--small]
+    python benchmarks/bench_digests.py [--data-dir DIR] [--runs N] [--small] [--sets NAMES]
                                        [--retries N] [--output FILE] [--cli PATH]
                                        [--delete-data]
 
@@ -377,6 +377,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="repeat a timed run disturbed by other load (see 'others' CPU') up to this "
         "many times (default 3; 0 keeps every run)",
     )
+    parser.add_argument(
+        "--sets",
+        help="only these data sets, comma-separated (e.g. 8x256MiB; default: both)",
+    )
     parser.add_argument("--output", type=Path, help="also write the Markdown report here")
     parser.add_argument(
         "--cli", help="the model-integrity executable (default: the one beside this Python)"
@@ -401,6 +405,12 @@ def main(argv: list[str] | None = None) -> int:
         cli = _resolve_cli(args.cli) if args.cli else default_cli()
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         datasets = SMALL if args.small else FULL
+        if args.sets:
+            wanted = args.sets.split(",")
+            unknown = sorted(set(wanted) - {d.name for d in datasets})
+            if unknown:
+                raise BenchmarkError(f"--sets: unknown data set(s) {', '.join(unknown)}")
+            datasets = tuple(d for d in datasets if d.name in wanted)
         root = args.data_dir.resolve()
         results = []
         for dataset in datasets:

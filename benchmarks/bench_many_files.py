@@ -16,7 +16,8 @@ folder under model/), in one run:
   verify digests   model-integrity verify --only digests  (against that manifest)
 
 Start-up (a manifest of one 3-byte file), each against `python -c pass` with the
-same interpreter and environment:
+same interpreter and environment (and, as the floor while keeping pydantic,
+`python -c 'from pydantic import BaseModel, Field'`):
 
   python -c pass, python -I -S -c pass (the bare interpreter, a reference),
   model-integrity --version, verify --only digests, verify
@@ -31,7 +32,10 @@ every command writes it.
 
 Timing and peak RSS as in bench_digests.py (measure.py: each command forked by a
 minimal launcher, ru_maxrss from os.wait4, median of --runs, rotating order,
-disturbed runs retried). Correctness: every verify must exit 0 and every manifest
+disturbed runs retried). On a shared machine the CPU columns (user + system
+seconds of the command's process tree) move less with other load than wall time;
+for the single-threaded commands they are close to wall time on a quiet machine.
+Correctness: every verify must exit 0 and every manifest
 must hold the digests hashlib computes; otherwise exit 1. Standard library only.
 """
 
@@ -231,33 +235,37 @@ def bench_startup(
 
 def files_table(results: list[tuple[int, int, list[Command]]]) -> str:
     lines = [
-        "| files | command | median s | vs sha256sum -c | vs openssl | peak RSS MB | CPU s "
-        "| others' CPU s | all runs s |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| files | command | median s | vs sha256sum -c | vs openssl | CPU s "
+        "| CPU vs sha256sum -c | peak RSS MB | others' CPU s | all runs s |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for count, size, commands in results:
         by_key = {c.key: c for c in commands}
         sums, openssl = by_key[BASELINE].median(), by_key["openssl"].median()
+        sums_cpu = by_key[BASELINE].median_cpu()
         for command in commands:
             lines.append(
                 f"| {count:,} x {size} B | `{command.label}` | {command.median():.3f} "
                 f"| {command.median() / sums:.2f}x | {command.median() / openssl:.2f}x "
-                f"| {command.peak_mb():.1f} | {command.median_cpu():.2f} "
-                f"| {_others(command)} | {_every(command)} |"
+                f"| {command.median_cpu():.2f} | {command.median_cpu() / sums_cpu:.2f}x "
+                f"| {command.peak_mb():.1f} | {_others(command)} | {_every(command)} |"
             )
     return "\n".join(lines) + "\n"
 
 
 def startup_table(commands: list[Command]) -> str:
-    baseline = next(c for c in commands if c.key == STARTUP_BASELINE).median()
+    reference = next(c for c in commands if c.key == STARTUP_BASELINE)
+    baseline, baseline_cpu = reference.median(), reference.median_cpu()
     lines = [
-        "| command | median ms | vs python -c pass | peak RSS MB | others' CPU s |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| command | median ms | vs python -c pass | CPU ms | CPU vs python -c pass "
+        "| peak RSS MB | others' CPU s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for command in commands:
         lines.append(
             f"| `{command.label}` | {command.median() * 1000:.1f} "
-            f"| {command.median() / baseline:.2f}x | {command.peak_mb():.1f} "
+            f"| {command.median() / baseline:.2f}x | {command.median_cpu() * 1000:.1f} "
+            f"| {command.median_cpu() / baseline_cpu:.2f}x | {command.peak_mb():.1f} "
             f"| {_others(command)} |"
         )
     return "\n".join(lines) + "\n"

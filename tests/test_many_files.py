@@ -10,6 +10,7 @@ the result (and the safety) of the slow way it replaced.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -23,7 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from integrity.files import Folders, PathProblem, open_regular, open_root
-from integrity.hashing import parallel_map
+from integrity.hashing import parallel_map, sha256_fd
 from integrity.manifest import (
     AllowedGlobal,
     Artifact,
@@ -217,6 +218,44 @@ def test_an_inline_error_is_raised() -> None:
 
     with pytest.raises(ValueError):
         list(parallel_map(fail, [1, 2], workers=2, inline=lambda _: True))
+
+
+# ------------------------------------------------------------------ sha256_fd
+
+
+@pytest.mark.parametrize(
+    ("content", "hint", "reads"),
+    [
+        (b"x" * 4096, 4096, 1),  # the short read reaches the size: no read to find the end
+        (b"x" * 4096, None, 2),  # the control: without the size, one more read
+        (b"x" * 5000, 4096, 2),  # the file grew past the size given: read to its end
+        (b"x" * 4096, 9999, 2),  # a size it never reaches: read to its end
+        (b"", 0, 1),
+    ],
+)
+def test_sha256_of_a_small_file_reads_to_its_end(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    content: bytes,
+    hint: int | None,
+    reads: int,
+) -> None:
+    (tmp_path / "f").write_bytes(content)
+    calls: list[int] = []
+    real_readv = os.readv
+
+    def counting_readv(fd: int, buffers: list[memoryview]) -> int:
+        calls.append(fd)
+        return real_readv(fd, buffers)
+
+    monkeypatch.setattr(os, "readv", counting_readv)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        digest, count = sha256_fd(fd, size=hint)
+    finally:
+        os.close(fd)
+    assert (digest, count) == (hashlib.sha256(content).hexdigest(), len(content))
+    assert len(calls) == reads
 
 
 # ------------------------------------------------------------------ manifest fast paths
