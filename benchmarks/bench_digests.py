@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise BenchmarkError(f"{tool} is not on PATH")
         cli = _resolve_cli(args.cli) if args.cli else default_cli()
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-        datasets = SMALL if args.small else FULL
+        datasets: tuple[DataSet, ...] = SMALL if args.small else FULL
         if args.sets:
             wanted = args.sets.split(",")
             unknown = sorted(set(wanted) - {d.name for d in datasets})
