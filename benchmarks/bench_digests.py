@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark model-integrity's SHA-256 work against openssl and coreutils.
 
-    python benchmarks/bench_digests.py [--data-dir DIR] [--runs N] [--small]
+    python benchmarks/bench_digests.py [--data-dir DIR] [--runs N] [--small] [--sets NAMES]
                                        [--retries N] [--output FILE] [--cli PATH]
                                        [--delete-data]
 
@@ -213,11 +213,6 @@ def manifest_digests(path: Path) -> dict[str, str]:
 # --- the benchmark ---------------------------------------------------------------------
 
 
-def disturbed(result: Run, cores: int) -> bool:
-    """Other processes took a noticeable share of the cores during this run."""
-    return result.others_cpu > max(0.1, 0.05 * result.seconds * cores)
-
-
 def bench_dataset(
     root: Path, dataset: DataSet, cli: str, cores: int, runs: int, retries: int
 ) -> list[Command]:
@@ -263,16 +258,12 @@ def bench_dataset(
             result = checked(command, folder)
             _validate(command.key, result, expected_out, expected, folder)
 
-    for round_ in range(runs):
-        for command in measure.rotated(commands, round_):
-            for attempt in range(retries + 1):
-                result = checked(command, folder)
-                _validate(command.key, result, expected_out, expected, folder)
-                if not disturbed(result, cores) or attempt == retries:
-                    break
-                command.retried += 1
-            command.runs.append(result)
-        print(f"  {dataset.name}: round {round_ + 1}/{runs} done", file=sys.stderr)
+    def run_one(command: Command) -> Run:
+        result = checked(command, folder)
+        _validate(command.key, result, expected_out, expected, folder)
+        return result
+
+    measure.timed_rounds(commands, runs, retries, cores, run_one, dataset.name)
     order = (BASELINE, "hash", "init", "verify-digests", "verify", "sha256sum", "startup", "floor")
     return [by_key[k] for k in order]
 
@@ -386,6 +377,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="repeat a timed run disturbed by other load (see 'others' CPU') up to this "
         "many times (default 3; 0 keeps every run)",
     )
+    parser.add_argument(
+        "--sets",
+        help="only these data sets, comma-separated (e.g. 8x256MiB; default: both)",
+    )
     parser.add_argument("--output", type=Path, help="also write the Markdown report here")
     parser.add_argument(
         "--cli", help="the model-integrity executable (default: the one beside this Python)"
@@ -409,7 +404,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise BenchmarkError(f"{tool} is not on PATH")
         cli = _resolve_cli(args.cli) if args.cli else default_cli()
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-        datasets = SMALL if args.small else FULL
+        datasets: tuple[DataSet, ...] = SMALL if args.small else FULL
+        if args.sets:
+            wanted = args.sets.split(",")
+            unknown = sorted(set(wanted) - {d.name for d in datasets})
+            if unknown:
+                raise BenchmarkError(f"--sets: unknown data set(s) {', '.join(unknown)}")
+            datasets = tuple(d for d in datasets if d.name in wanted)
         root = args.data_dir.resolve()
         results = []
         for dataset in datasets:

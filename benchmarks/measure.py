@@ -21,9 +21,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 # argv: result file, timeout in seconds (0: none), the command. Writes
 # "seconds maxrss_kib exit_code cpu_seconds" to the result file.
@@ -136,6 +137,42 @@ def run(argv: list[str], cwd: Path, stdin: Path | None = None, timeout: int = 0)
         # launcher's own start, a few hundredths) took from the cores meanwhile.
         others = max(0.0, busy - float(cpu))
         return Run(float(seconds), int(maxrss), int(code), stdout, stderr, float(cpu), others)
+
+
+def disturbed(result: Run, cores: int) -> bool:
+    """Other processes took a noticeable share of the cores during this run."""
+    return result.others_cpu > max(0.1, 0.05 * result.seconds * cores)
+
+
+class Timed(Protocol):
+    """A command whose timed runs are collected (bench_digests.Command, ...)."""
+
+    runs: list[Run]
+    retried: int
+
+
+C = TypeVar("C", bound=Timed)
+
+
+def timed_rounds(
+    commands: Sequence[C],
+    rounds: int,
+    retries: int,
+    cores: int,
+    run_one: Callable[[C], Run],
+    name: str,
+) -> None:
+    """`rounds` timed runs of every command, in rotating order; a run disturbed by
+    other load is run again, at most `retries` times (counted in `retried`)."""
+    for round_ in range(rounds):
+        for command in rotated(list(commands), round_):
+            for attempt in range(retries + 1):
+                result = run_one(command)
+                if not disturbed(result, cores) or attempt == retries:
+                    break
+                command.retried += 1
+            command.runs.append(result)
+        print(f"  {name}: round {round_ + 1}/{rounds} done", file=sys.stderr)
 
 
 def rotated(items: list[T], round_: int) -> list[T]:
