@@ -94,6 +94,9 @@ TEXT_NUMBER_CASES = [
     case("float_stops_at_nul", b"F1.5\x00junk\n" + POP, "pickle"),
     case("get_key_stops_at_nul", NONE + b"p0\n" + b"g0\x00junk\n" + POP + POP, "pickle"),
     case("put_key_stops_at_nul", NONE + b"p0\x00junk\n" + POP, "pickle"),
+    # The other way round: only Python's float() takes these; the machine follows it.
+    case("float_with_a_trailing_space", b"F1.5 \n" + POP, "pickle_python"),
+    case("float_too_large_for_c", b"F1e999\n" + POP, "pickle_python"),
 ]
 
 
@@ -334,6 +337,19 @@ def test_array_spans_follow_a_second_build_of_the_same_wrapper(tmp_path: Path) -
     [first, second] = result.array_spans
     assert data[first[0]] == 0 and first[1] == first[0] + 1  # padding byte 0, no data
     assert data[second[0]] == 2 and second[1] == second[0] + 1 + 2 + 2
+
+
+def test_array_spans_repeat_for_a_wrapper_built_again_with_no_state(tmp_path: Path) -> None:
+    """BUILD None on the memoized wrapper changes nothing, and joblib reads its data again."""
+    wrapper = sglobal("joblib.numpy_pickle", "NumpyArrayWrapper") + EMPTY_TUPLE + NEWOBJ
+    first = wrapper + MEMOIZE + _wrapper_state((3,), align=False) + BUILD + b"abc" + POP
+    path = tmp_path / "again.joblib"
+    path.write_bytes(proto(4) + first + b"h\x00" + NONE + BUILD + b"def" + STOP)
+    result = scan_path(path)
+    assert result.safe, result.findings
+    [(start1, end1), (start2, end2)] = result.array_spans
+    data = path.read_bytes()
+    assert (data[start1:end1], data[start2:end2]) == (b"abc", b"def")
 
 
 @pytest.mark.parametrize("content", [b"\x80\x04N.", b"plain text, not a pickle\n"])

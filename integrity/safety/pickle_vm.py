@@ -75,7 +75,7 @@ C = "C"  # _pickle.Unpickler: pickle.load, numpy.load
 # numpy's largest number of dimensions (NPY_MAXDIMS, 64 in numpy 2): a longer shape
 # fails in joblib's reshape after the data is read.
 MAX_DIMS = 64
-# A __dict__ state of more entries than this is not one joblib writes for its wrapper.
+# A state of more entries than this is not one joblib writes for its wrapper.
 MAX_MERGED = 64
 # Plain keys longer than this are not hashed (equal long keys compare byte by byte).
 MAX_KEY = 1024
@@ -167,7 +167,9 @@ class PickleMachine:
         return self._fail("truncated", "the pickle ends in the middle of an opcode", nature=FAILS)
 
     def problem(self, code: str, message: str, offset: int) -> None:
-        """A finding that does not stop the reading."""
+        """A finding that does not stop the reading (each kind once)."""
+        if any(seen.code == code for seen in self.problems):
+            return
         problem = PickleError(code, message, offset)
         self.problems.append(problem)
         if self.on_problem is not None:
@@ -604,13 +606,12 @@ def _ascii(vm: PickleMachine, data: Any, offset: int) -> Any:
     try:
         return data.decode("ascii")
     except UnicodeDecodeError:
-        if not vm.problems or vm.problems[-1].code != "not-ascii":
-            vm.problem(
-                "not-ascii",
-                "a byte string is not ASCII: the default loaders fail here, a loader "
-                "given another encoding reads on",
-                offset,
-            )
+        vm.problem(
+            "not-ascii",
+            "a byte string is not ASCII: the default loaders fail here, a loader "
+            "given another encoding reads on",
+            offset,
+        )
         return data.decode("latin1")
 
 
@@ -1161,10 +1162,11 @@ def _build(vm: PickleMachine, offset: int) -> None:
         vm.stack[-1] = vm.on_array(vm, target, offset)
 
 
-# Allowed classes without __setstate__: BUILD merges a dict state into the object's
-# __dict__ (and setattr's a 2-tuple state's slot part); it does not replace it. Their
-# Obj.state is that __dict__, as an SDict. joblib reads array data after every BUILD
-# on its wrapper, with the attributes merged so far.
+# Allowed classes without __setstate__ whose state is read (joblib's wrapper; a state
+# validator for such a class registers it here too): BUILD merges a dict state into the
+# object's __dict__ (and setattr's a 2-tuple state's slot part), it does not replace it.
+# Their Obj.state is that __dict__, as an SDict, and validators see it whole. joblib
+# reads array data after every BUILD on its wrapper, with the attributes merged so far.
 DICT_STATE_CLASSES: set[Global] = set()
 
 
@@ -1234,7 +1236,7 @@ def _merged_state(vm: PickleMachine, target: Obj, state: Any, offset: int) -> SD
         if part is not None and not isinstance(part, SDict):
             c_fails = True  # "state is not a dictionary"
         if isinstance(part, SDict):
-            if len(part.items) + len(part.other) > MAX_MERGED:
+            if target.callable == JOBLIB_WRAPPER and len(part.items) + len(part.other) > MAX_MERGED:
                 raise vm._fail(
                     "malformed",
                     f"BUILD state of {target.callable.qualified} is too large",

@@ -131,6 +131,7 @@ class _Scan:
         self.decompressed = False
         self._reported: set[str] = set()
         self._verdicts: dict[tuple[str, str], str] = {}
+        self._problems_added = 0  # findings the current stream's problems added
 
     def add(
         self, code: str, message: str, offset: int | None = None, name: str | None = None
@@ -190,6 +191,7 @@ class _Scan:
         anything). `joblib`: joblib's loader reads it (raw array data after each
         NumpyArrayWrapper); otherwise plain pickle.load semantics."""
         start = len(self.result.findings)
+        self._problems_added = 0
         begin = source.tell()
         vm = PickleMachine(source, self.check_global, read_joblib_array if joblib else None)
         vm.on_problem = self._problem
@@ -200,7 +202,7 @@ class _Scan:
                 sniff
                 and exc.nature == FAILS
                 and not self.result.globals_used
-                and len(self.result.findings) - start == len(vm.problems)
+                and len(self.result.findings) - start == self._problems_added
             ):
                 # Nothing ran under any loader: the findings on the way (one
                 # unpickler failed, the other read on) say nothing about this file.
@@ -220,7 +222,9 @@ class _Scan:
         return True
 
     def _problem(self, problem: PickleError) -> None:
+        before = len(self.result.findings)
         self.add(problem.code, problem.message, problem.offset)
+        self._problems_added += len(self.result.findings) - before
 
     def _trailing(self, source: Source, joblib: bool) -> None:
         """Data after STOP is a finding; pickles appended there are scanned too, to
