@@ -28,6 +28,7 @@ from malicious_corpus import (
     NEWOBJ,
     NONE,
     POP,
+    REDUCE,
     REPO,
     SETITEMS,
     STOP,
@@ -152,7 +153,42 @@ LOOKAHEAD_CASES = [
         filename="model.joblib",
     ),
 ]
-ALL_CASES = BUILD_CASES + EMPTY_MARK_CASES + TEXT_NUMBER_CASES + MERGE_CASES + LOOKAHEAD_CASES
+
+
+def _planted(method: str, then: Callable[[Target], bytes], func: str) -> Callable[[Target], bytes]:
+    """An OrderedDict (allowed) whose BUILD state sets `method` to a dangerous function,
+    then the opcode that looks it up on the object and calls it with the command."""
+
+    def build(target: Target) -> bytes:
+        made = sglobal("collections", "OrderedDict") + EMPTY_TUPLE + REDUCE
+        module, name = func.split(".")
+        state = EMPTY_DICT + ustr(method) + sglobal(module, name) + b"s"
+        return proto(4) + made + state + BUILD + then(target) + STOP
+
+    return build
+
+
+def _argv(target: Target) -> bytes:
+    return MARK + ustr("touch") + ustr(str(target.marker)) + b"e"  # extend(["touch", path])
+
+
+PLANTED_CASES = [
+    Case("planted_append", _planted("append", lambda t: ustr(t.shell) + b"a", SYSTEM), (SYSTEM,)),
+    Case("planted_extend", _planted("extend", _argv, "subprocess.call"), ("subprocess.call",)),
+    Case(
+        "planted_setstate",
+        _planted("__setstate__", lambda t: ustr(t.shell) + BUILD, SYSTEM),
+        (SYSTEM,),
+    ),
+]
+ALL_CASES = (
+    PLANTED_CASES
+    + BUILD_CASES
+    + EMPTY_MARK_CASES
+    + TEXT_NUMBER_CASES
+    + MERGE_CASES
+    + LOOKAHEAD_CASES
+)
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +245,27 @@ def test_joblib_build_merges_the_wrapper_state(
     case: Case, corpus: dict[str, Built], controls: dict[str, tuple[Outcome, bool]]
 ) -> None:
     _assert_real_and_refused(case, corpus, controls)
+
+
+@by_name(PLANTED_CASES)
+def test_build_state_cannot_plant_a_method_the_unpickler_calls(
+    case: Case, corpus: dict[str, Built], controls: dict[str, tuple[Outcome, bool]]
+) -> None:
+    _assert_real_and_refused(case, corpus, controls)
+
+
+@pytest.mark.parametrize("method", ["append", "extend", "__setstate__", "add"])
+def test_a_planted_method_is_refused_even_when_it_is_allowed(method: str, tmp_path: Path) -> None:
+    """Whatever the planted value (here an allowed class), the later call is one the scan
+    never checks: the BUILD that plants it is refused."""
+    made = sglobal("collections", "OrderedDict") + EMPTY_TUPLE + REDUCE
+    planted = sglobal("collections", "OrderedDict")
+    state = EMPTY_DICT + ustr(method) + planted + b"s"
+    path = tmp_path / "planted.pkl"
+    path.write_bytes(proto(4) + made + state + BUILD + STOP)
+    result = scan_path(path)
+    assert [f.code for f in result.findings] == ["indirect-call"]
+    assert method in result.findings[0].message
 
 
 @by_name(LOOKAHEAD_CASES)

@@ -1149,6 +1149,7 @@ def _build(vm: PickleMachine, offset: int) -> None:
             "that is not an object made by an allowed class",
             offset,
         )
+    _refuse_planted_methods(vm, target, state, offset)
     if target.callable in DICT_STATE_CLASSES:
         state = _merged_state(vm, target, state, offset)
     try:
@@ -1168,6 +1169,27 @@ def _build(vm: PickleMachine, offset: int) -> None:
 # Their Obj.state is that __dict__, as an SDict, and validators see it whole. joblib
 # reads array data after every BUILD on its wrapper, with the attributes merged so far.
 DICT_STATE_CLASSES: set[Global] = set()
+
+
+# Attributes both unpicklers look up on the object itself, so an entry of its __dict__
+# wins over the class's method: BUILD calls __setstate__, APPEND(S) call append or
+# extend, ADDITEMS calls add. A state that sets one plants a call of any value.
+_LOOKED_UP = ("__setstate__", "append", "extend", "add")
+
+
+def _refuse_planted_methods(vm: PickleMachine, target: Obj, state: Any, offset: int) -> None:
+    for part in _split_state(state):
+        if not isinstance(part, SDict):
+            continue
+        planted = [name for name in _LOOKED_UP if name in part.items]
+        if planted or any(isinstance(key, Obj) for key, _ in part.other):
+            raise vm._fail(
+                "indirect-call",
+                f"BUILD state of {target.callable.qualified} sets "
+                f"{planted[0] if planted else 'an attribute named by an object'}: the "
+                "unpickler looks it up on the object and calls whatever it holds",
+                offset,
+            )
 
 
 def _split_state(state: Any) -> tuple[Any, Any]:
