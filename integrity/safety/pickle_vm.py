@@ -147,8 +147,9 @@ class PickleMachine:
         # Offset where joblib's reading first leaves plain pickle.load's: the first
         # array data (raw bytes or a nested pickle) after a NumpyArrayWrapper.
         self.first_array: int | None = None
-        # Symbols that hold a NumpyArrayWrapper class, by id (the values keep them
-        # alive): set as containers are made or filled, so asking costs nothing.
+        # Symbols that are or hold a NumpyArrayWrapper class, by id (the values keep
+        # them alive): set as globals are named and containers made or filled, so
+        # asking costs nothing.
         self.holds_wrapper: dict[int, Any] = {}
         # At a persistent id, read on as a loader with a persistent_load would.
         self.persistent_reads_on = True
@@ -280,7 +281,10 @@ class PickleMachine:
         """The (module, name) the unpickler's find_class would import, checked."""
         module, name = python3_name(self.proto, module, name)
         self.check_global(GlobalUse(module, name, offset))
-        return Global(module, name)
+        found = Global(module, name)
+        if found == JOBLIB_WRAPPER:
+            self.holds_wrapper[id(found)] = found  # see _holds_wrapper
+        return found
 
     def callable_of(self, value: Any, what: str, offset: int) -> Global:
         if isinstance(value, Global):
@@ -736,13 +740,14 @@ def _empty_tuple(vm: PickleMachine, offset: int) -> None:
 def _holds_wrapper(vm: PickleMachine, value: Any) -> bool:
     """The value is the NumpyArrayWrapper class or a container made holding it (at any
     depth of containers made after it): a constant-time look-up, never a walk."""
-    return value == JOBLIB_WRAPPER or id(value) in vm.holds_wrapper
+    return id(value) in vm.holds_wrapper
 
 
 def _mark_holder(vm: PickleMachine, container: Any, items: Any) -> Any:
     """Record the container if any of the items holds the wrapper; returns it."""
-    if any(_holds_wrapper(vm, item) for item in items):
-        vm.holds_wrapper[id(container)] = container
+    holders = vm.holds_wrapper
+    if holders and any(map(holders.__contains__, map(id, items))):
+        holders[id(container)] = container
     return container
 
 
