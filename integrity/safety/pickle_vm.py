@@ -860,8 +860,8 @@ def _container_target(vm: PickleMachine, kinds: tuple[type, ...], what: str, off
 def _python_lacks(value: Any, method: str) -> bool:
     """The value is a plain one without the method (list.extend, set.add...) that the
     Python unpickler looks up even for an empty MARK."""
-    if isinstance(value, Opaque):
-        return value.kind != "bytearray"  # bytearray.extend exists; str, bytes... lack both
+    if isinstance(value, Opaque):  # bytearray.extend exists; str, bytes, arrays... lack both
+        return method != "extend" or value.kind != "bytearray"
     if not _inert(value):
         return False
     if method == "extend":
@@ -1183,7 +1183,7 @@ _LOOKED_UP = ("__setstate__", "append", "extend", "add")
 
 
 def _refuse_planted_methods(vm: PickleMachine, target: Obj, state: Any, offset: int) -> None:
-    for part in _split_state(state):
+    for part in _split_state(state)[:2]:
         if not isinstance(part, SDict):
             continue
         planted = [name for name in _LOOKED_UP if name in part.items]
@@ -1197,11 +1197,12 @@ def _refuse_planted_methods(vm: PickleMachine, target: Obj, state: Any, offset: 
             )
 
 
-def _split_state(state: Any) -> tuple[Any, Any]:
-    """(dict state, slot state) as both unpicklers split a BUILD state."""
+def _split_state(state: Any) -> tuple[Any, Any, bool]:
+    """(dict state, slot state, whether there is a slot state) as both unpicklers split
+    a BUILD state: a 2-tuple is the two parts."""
     if isinstance(state, tuple) and len(state) == 2:
-        return state[0], state[1]
-    return state, None
+        return state[0], state[1], True
+    return state, None, False
 
 
 def _truth(value: Any) -> bool | None:
@@ -1228,15 +1229,14 @@ def _unknown_truth(vm: PickleMachine, offset: int) -> PickleError:
 def _build_plain(vm: PickleMachine, state: Any, offset: int) -> None:
     """BUILD on a plain value (no __setstate__, no __dict__): the Python unpickler does
     nothing if both parts of the state are falsy; the C one only if the dict part is
-    None and the slot part None or an empty dict. Otherwise each fails."""
-    dict_part, slot_part = _split_state(state)
+    None and the slot part, if any, an empty dict (None fails there). Otherwise each
+    fails."""
+    dict_part, slot_part, has_slot = _split_state(state)
     truths = (_truth(dict_part), _truth(slot_part))
     if None in truths:
         raise _unknown_truth(vm, offset)
     python_ok = not any(truths)
-    c_ok = dict_part is None and (
-        slot_part is None or (isinstance(slot_part, SDict) and not truths[1])
-    )
+    c_ok = dict_part is None and (not has_slot or (isinstance(slot_part, SDict) and not truths[1]))
     if not python_ok and not c_ok:
         raise vm._fail(
             "malformed", f"BUILD on {_describe(vm.top())}: it has no attributes", offset, FAILS
@@ -1250,9 +1250,10 @@ def _build_plain(vm: PickleMachine, state: Any, offset: int) -> None:
 def _merged_state(vm: PickleMachine, target: Obj, state: Any, offset: int) -> SDict:
     """The object's __dict__ after BUILD merges the state into it, as each unpickler
     does: Python merges a truthy dict part and setattr's a truthy slot part; C merges a
-    dict part that is not None (it must be a dict) and setattr's a slot part that is
-    not None (a dict too). Where only one of them fails, the other is followed."""
-    dict_part, slot_part = _split_state(state)
+    dict part that is not None (it must be a dict) and setattr's the slot part of a
+    2-tuple (a dict too, even if empty). Where only one of them fails, the other is
+    followed."""
+    dict_part, slot_part, has_slot = _split_state(state)
     truths = (_truth(dict_part), _truth(slot_part))
     if None in truths:
         raise _unknown_truth(vm, offset)
@@ -1260,8 +1261,9 @@ def _merged_state(vm: PickleMachine, target: Obj, state: Any, offset: int) -> SD
     for part, truth, is_slot in ((dict_part, truths[0], False), (slot_part, truths[1], True)):
         if truth and not isinstance(part, SDict):
             python_fails = True  # it has no items()
-        if part is not None and not isinstance(part, SDict):
-            c_fails = True  # "state is not a dictionary"
+        c_reads = has_slot if is_slot else part is not None
+        if c_reads and not isinstance(part, SDict):
+            c_fails = True  # "state is not a dictionary", "slot state is not a dictionary"
         if isinstance(part, SDict):
             if target.callable == JOBLIB_WRAPPER and len(part.items) + len(part.other) > MAX_MERGED:
                 raise vm._fail(
