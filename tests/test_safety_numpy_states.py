@@ -22,6 +22,8 @@ from typing import Any, cast
 import joblib
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from integrity.safety.arrays import read_joblib_array
 from integrity.safety.pickle_vm import PickleMachine
@@ -764,3 +766,74 @@ def test_seed_sequence_pool_of_the_wrong_size_is_refused(tmp_path: Path) -> None
     bad = Reduce(func, args, (state[0], state[1], np.zeros(2, dtype=np.uint32), 4, state[4]))
     assert unsafe(scan(pickle.dumps(bad, protocol=4), tmp_path), "SeedSequence pool")
     assert scan(pickle.dumps(real, protocol=4), tmp_path) == []
+
+
+# ---------------------------------------------------------------- generated dtypes
+
+_LEAVES = ["<i1", "<i2", ">i4", "<i8", "<u2", "<f4", ">f8", "<c8", "?", "S3", "<U2", "O", "V2"]
+_LEAVES += ["<M8[s]", "<m8[7ms]"]
+
+
+def _structured(children: st.SearchStrategy[np.dtype[Any]]) -> st.SearchStrategy[np.dtype[Any]]:
+    fields = st.lists(children, min_size=1, max_size=4)
+    packed = st.tuples(fields, st.booleans()).map(
+        lambda t: np.dtype([(f"f{i}", d) for i, d in enumerate(t[0])], align=t[1])
+    )
+    # Explicit offsets with gaps and a padded item (numpy's dict form).
+    gapped = st.tuples(fields, st.lists(st.integers(0, 5), min_size=5, max_size=5)).map(
+        lambda t: _gapped(t[0], t[1])
+    )
+    subarray = st.tuples(children, st.lists(st.integers(1, 3), min_size=1, max_size=2)).map(
+        lambda t: np.dtype((t[0], tuple(t[1])))
+    )
+    return st.one_of(packed, gapped, subarray)
+
+
+def _gapped(fields: list[np.dtype[Any]], gaps: list[int]) -> np.dtype[Any]:
+    offsets, end = [], 0
+    for field, gap in zip(fields, gaps, strict=False):
+        offsets.append(end + gap)
+        end += gap + field.itemsize
+    return np.dtype(
+        {
+            "names": [f"g{i}" for i in range(len(fields))],
+            "formats": fields,
+            "offsets": offsets,
+            "itemsize": end + gaps[-1],
+        }
+    )
+
+
+_DTYPES = st.recursive(st.sampled_from(_LEAVES).map(np.dtype), _structured, max_leaves=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(real=_DTYPES, protocol=st.sampled_from([2, 4, 5]))
+def test_generated_dtypes_are_modelled_exactly(real: np.dtype[Any], protocol: int) -> None:
+    """Any dtype numpy builds (nested, aligned, gapped, subarrays, objects, datetimes)
+    is modelled as numpy holds it, and an array of it scans clean."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        tmp_path = Path(folder)
+        value = symbolic(pickle.dumps(real, protocol=protocol), tmp_path)
+        assert isinstance(value, numpy_dtype.DtypeObj)
+        _same_layout(value.model, real)
+        assert scan(pickle.dumps(np.zeros(2, dtype=real), protocol=protocol), tmp_path) == []
+
+
+def test_joblib_object_array_is_an_array_value(tmp_path: Path) -> None:
+    """joblib pickles an object array inside its file: the value is that array."""
+    value = symbolic(
+        joblib_bytes(np.array([1, "a", None], dtype=object)), tmp_path, joblib_file=True
+    )
+    assert isinstance(value, ArrayValue) and value.shape == (3,)
+    assert value.objects is not None and value.ints() is None
+
+
+def test_reconstruct_before_its_build_is_numpys_placeholder(tmp_path: Path) -> None:
+    """_reconstruct alone makes an empty int8 array: modelled as that, not built."""
+    data = pickle.dumps(Reduce(_RECONSTRUCT, (np.ndarray, (0,), b"b")), protocol=4)
+    value = symbolic(data, tmp_path)
+    assert isinstance(value, ArrayValue) and not value.built
+    assert value.shape == (0,) and value.ints() == []

@@ -56,8 +56,9 @@ def read_joblib_array(vm: PickleMachine, wrapper: Obj, offset: int) -> Any:
         # joblib reads it with a plain unpickler: no raw array data inside.
         nested = PickleMachine(vm.source, vm.check_global, None, depth=vm.depth + 1)
         nested.budget = vm.budget
-        nested.run()
-        return Opaque("object array")
+        made = nested.run()
+        # joblib returns what that pickle makes: numpy's pickle of the array.
+        return made if isinstance(made, ArrayValue) else Opaque("object array")
     if vm.shadow is not None:
         # Raw bytes joblib skips unread: plain pickle.load reads them as opcodes.
         # (An object array's nested pickle is scanned as a pickle already; read
