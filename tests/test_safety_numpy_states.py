@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import random
 import signal
 import subprocess
 import sys
@@ -837,3 +838,98 @@ def test_reconstruct_before_its_build_is_numpys_placeholder(tmp_path: Path) -> N
     value = symbolic(data, tmp_path)
     assert isinstance(value, ArrayValue) and not value.built
     assert value.shape == (0,) and value.ints() == []
+
+
+# ---------------------------------------------------------------- differential: mutated states
+
+
+def _mutations(rng: random.Random, state: tuple[Any, ...]) -> tuple[Any, ...]:
+    """One random change to a dtype state numpy wrote: a size, an alignment, flags,
+    an offset, a subarray shape, a byte order, a version."""
+    mutated = list(state)
+    choice = rng.randrange(7)
+    if choice == 0:
+        mutated[5] = max(-1, state[5] + rng.choice([-8, -4, -1, 1, 4, 8, 1 << 20]))
+    elif choice == 1:
+        mutated[6] = rng.choice([-1, 1, 2, 4, 8, 16, 3])
+    elif choice == 2:
+        mutated[7] = rng.choice([0, 8, 16, 24, 27, 63, 144, -112, 155, 1])
+    elif choice == 3 and state[4] is not None and state[3]:
+        name = rng.choice(state[3])
+        fields = dict(state[4])
+        field = fields[name]
+        fields[name] = (field[0], max(0, field[1] + rng.choice([-8, -1, 1, 4, 8, 1 << 20])))
+        mutated[4] = fields
+    elif choice == 4 and state[2] is not None:
+        base, shape = state[2]
+        mutated[2] = (base, tuple(n + rng.choice([-1, 1, 7]) for n in shape))
+    elif choice == 5:
+        mutated[1] = rng.choice(["<", ">", "|", "="])
+    else:
+        mutated[0] = rng.choice([1, 2, 3, 4, 5])
+    return tuple(mutated)
+
+
+def _zero(model: numpy_dtype.Dtype) -> Any:
+    """An item numpy's setitem takes for a dtype holding objects (a list pickle)."""
+    if model.fields is not None:
+        return tuple(_zero(field.dtype) for field in model.fields)
+    if model.subarray is not None:
+        base, shape = model.subarray
+        item = _zero(base)
+        for n in reversed(shape):
+            item = [item] * n
+        return item
+    return {"O": None, "U": "", "S": b"", "V": b""}.get(model.kind, 0)
+
+
+def test_states_the_scanner_passes_do_not_hurt_numpy(tmp_path: Path) -> None:
+    """Differential: random mutations of real dtype states. Every array the scanner
+    passes loads in a child process with exactly the item size and object flag the
+    scanner modelled, and survives touching every field; the rest are refused."""
+    rng = random.Random(20261201)
+    reals = [d for d in _real_dtypes().values() if not d.isbuiltin]
+    passed: list[tuple[bytes, int, bool]] = []
+    refused = 0
+    for _ in range(400):
+        real = rng.choice(reals)
+        _, args, state = cast("tuple[Any, tuple[Any, ...], tuple[Any, ...]]", real.__reduce__())
+        candidate = dtype(args[0], _mutations(rng, state))
+        if scan(pickle.dumps(candidate, protocol=2), tmp_path):
+            refused += 1
+            continue
+        value = symbolic(pickle.dumps(candidate, protocol=2), tmp_path)
+        assert isinstance(value, numpy_dtype.DtypeObj)
+        model = value.model
+        raw: Any = [_zero(model)] * 2 if model.has_object else b"\x00" * (2 * model.itemsize)
+        data = pickle.dumps(array(candidate, (2,), raw), protocol=2)
+        assert scan(data, tmp_path) == []
+        passed.append((data, model.itemsize, model.has_object))
+    assert passed and refused, (len(passed), refused)
+    folder = tmp_path / "passed"
+    folder.mkdir()
+    for i, (data, _, _) in enumerate(passed):
+        (folder / f"{i}.pkl").write_bytes(data)
+    code = textwrap.dedent(
+        f"""
+        import pickle, sys
+        for i in range({len(passed)}):
+            with open(f"{folder}/{{i}}.pkl", "rb") as f:
+                value = pickle.load(f)
+            uses = [value.tobytes, lambda: repr(value), value.copy, value.tolist]
+            for name in value.dtype.names or ():
+                uses += [lambda n=name: value[n].copy(), lambda n=name: repr(value[n])]
+            for use in uses:
+                try:  # numpy may refuse a use (an exception); it must not crash
+                    use()
+                except Exception:
+                    pass
+            print(value.dtype.itemsize, value.dtype.hasobject)
+        """
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert run.returncode == 0, run.stderr[-1000:]
+    seen = [tuple(line.split()) for line in run.stdout.splitlines()]
+    assert seen == [(str(size), str(has)) for _, size, has in passed]
