@@ -915,7 +915,11 @@ def test_states_the_scanner_passes_do_not_hurt_numpy(tmp_path: Path) -> None:
         import pickle, sys
         for i in range({len(passed)}):
             with open(f"{folder}/{{i}}.pkl", "rb") as f:
-                value = pickle.load(f)
+                try:
+                    value = pickle.load(f)
+                except Exception as exc:  # numpy 1.x refuses flags above 127
+                    print("refused", type(exc).__name__)
+                    continue
             uses = [value.tobytes, lambda: repr(value), value.copy, value.tolist]
             for name in value.dtype.names or ():
                 uses += [lambda n=name: value[n].copy(), lambda n=name: repr(value[n])]
