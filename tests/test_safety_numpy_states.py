@@ -31,7 +31,7 @@ from integrity.safety.pickle_vm import PickleMachine
 from integrity.safety.scanner import scan_path
 from integrity.safety.states import UnsafeState, numpy_dtype
 from integrity.safety.streams import FileSource
-from integrity.safety.symbols import ArrayValue, Global, Obj, SDict
+from integrity.safety.symbols import ArrayValue, ContentBudget, Global, Obj, SDict
 
 _RECONSTRUCT = np._core.multiarray._reconstruct  # type: ignore[attr-defined]
 
@@ -59,9 +59,28 @@ def symbolic(data: bytes, tmp_path: Path, *, joblib_file: bool = False) -> Any:
         machine = PickleMachine(
             source, lambda use: None, read_joblib_array if joblib_file else None
         )
-        return machine.run()
+        value = machine.run()
+        _read_content(value, set())  # joblib content is read on first use: now
+        return value
     finally:
         os.close(fd)
+
+
+def _read_content(value: Any, seen: set[int]) -> None:
+    if id(value) in seen:
+        return
+    seen.add(id(value))
+    if isinstance(value, ArrayValue):
+        value.data  # noqa: B018 - the property reads the content
+    children: Any = ()
+    if isinstance(value, SDict):
+        children = value.items.values()
+    elif isinstance(value, tuple):
+        children = value
+    elif isinstance(value, Obj):
+        children = (*value.args, value.state)
+    for child in children:
+        _read_content(child, seen)
 
 
 def joblib_bytes(value: Any) -> bytes:
@@ -154,10 +173,10 @@ def test_array_value_content_stops_at_the_budget(tmp_path: Path) -> None:
         )
         machine.budget.left = 8000 + 40
         value = machine.run()
+        assert value.items["a"].ints() is not None
+        assert value.items["b"].ints() is None and value.items["b"].shape == (10,)
     finally:
         os.close(fd)
-    assert value.items["a"].ints() is not None
-    assert value.items["b"].ints() is None and value.items["b"].shape == (10,)
 
 
 def test_array_value_from_protocol_5_buffers(tmp_path: Path) -> None:
@@ -937,3 +956,34 @@ def test_states_the_scanner_passes_do_not_hurt_numpy(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-1000:]
     seen = [tuple(line.split()) for line in run.stdout.splitlines()]
     assert seen == [(str(size), str(has)) for _, size, has in passed]
+
+
+def test_joblib_content_is_read_only_when_asked_and_the_scan_resumes(tmp_path: Path) -> None:
+    """joblib array data in a plain file is skipped by the scan and read when a
+    validator first asks for it (mid-scan, from where the scan is, which it resumes):
+    an array nobody checks costs no read and no budget."""
+    arrays = {"asked": tree_nodes(), "ignored": np.arange(1000, dtype=np.int64), "last": 7}
+    path = tmp_path / "lazy.joblib"
+    path.write_bytes(joblib_bytes(arrays))
+    fd = os.open(path, os.O_RDONLY)
+    asked: list[ArrayValue] = []
+
+    def validator_reads(vm: PickleMachine, wrapper: Obj, offset: int) -> Any:
+        made = read_joblib_array(vm, wrapper, offset)
+        if not asked:  # the first array: a validator reads it at once
+            asked.append(made)
+            assert made.ints("left_child") == [1, -1, 3, -1]
+        return made
+
+    try:
+        machine = PickleMachine(
+            FileSource(fd, path.stat().st_size), lambda use: None, validator_reads
+        )
+        value = machine.run()
+        left = machine.budget.left
+        assert left == ContentBudget.DEFAULT - tree_nodes().nbytes
+        assert value.items["last"] == 7 and value.items["ignored"].shape == (1000,)
+        assert list(value.items["ignored"].ints() or ()) == list(range(1000))
+        assert machine.budget.left == left - 8000
+    finally:
+        os.close(fd)

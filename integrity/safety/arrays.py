@@ -13,12 +13,14 @@ dtypes (the state validators read them) within the file's content budget.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from integrity.safety.pickle_vm import Global, Obj, PickleMachine, SDict, product
 from integrity.safety.states import UnsafeState
 from integrity.safety.states.numpy_dtype import dtype_of, keeps_content
-from integrity.safety.symbols import ArrayValue
+from integrity.safety.streams import FileSource
+from integrity.safety.symbols import ArrayValue, ContentBudget
 
 MAX_NESTING = 8
 _WRAPPER_KEYS = {"subclass", "shape", "order", "dtype", "allow_mmap", "numpy_array_alignment_bytes"}
@@ -67,12 +69,41 @@ def read_joblib_array(vm: PickleMachine, wrapper: Obj, offset: int) -> Any:
         padding = vm.read(1)[0]
         vm.skip(padding)
     nbytes = count * itemsize
-    data = None
+    data, reader = None, None
     # Content the state validators read (integers, structures) is kept within the
-    # budget; the rest is skipped unread.
-    if keeps_content(dtype) and vm.budget.take(nbytes):
+    # budget: read when a validator asks for it from a file, read now from a
+    # decompressed stream; the rest is skipped unread.
+    if keeps_content(dtype) and isinstance(vm.source, FileSource):
+        reader = _reader(vm.source, vm.source.tell(), nbytes, vm.budget)
+        vm.skip(nbytes)
+    elif keeps_content(dtype) and vm.budget.take(nbytes):
         data = vm.read(nbytes)
     else:
         vm.skip(nbytes)
     order = "F" if state.get("order") == "F" else "C"
-    return ArrayValue(NDARRAY, (), dtype=dtype, shape=shape, order=order, data=data, built=True)
+    return ArrayValue(
+        NDARRAY, (), dtype=dtype, shape=shape, order=order, kept=data, built=True, reader=reader
+    )
+
+
+def _reader(
+    source: FileSource, start: int, n: int, budget: ContentBudget
+) -> Callable[[], bytes | None]:
+    """Reads n bytes at `start` when first asked (within the budget), and returns
+    the file to where the scan is."""
+
+    def read() -> bytes | None:
+        if not budget.take(n):
+            return None
+        try:
+            here = source.tell()
+            source.seek(start)
+            try:
+                data = source.read(n)
+            finally:
+                source.seek(here)
+        except (OSError, ValueError):
+            return None  # the scan is over and its file closed: content not kept
+        return data if len(data) == n else None
+
+    return read

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -122,7 +122,9 @@ class ArrayValue(Obj):
     - `shape`: a tuple of ints; `order`: 'C' or 'F', the memory order of `data`
       ('K' for a protocol 5 array of another layout: its memory order is neither);
     - `data`: the raw bytes when they were kept (integer, boolean and structured
-      dtypes, within the file's `ContentBudget`), else None;
+      dtypes, within the file's `ContentBudget`), else None. Joblib data in a plain
+      file is read only when a validator first asks for it (`data`, `ints`):
+      scanning never reads an array nobody checks;
     - `objects`: an object array's items (the symbolic list), else None;
     - `ints(field)` / `floats(field)`: the values of the array (or of one field of
       a structured array), flattened in memory order, or None when the content was
@@ -136,9 +138,22 @@ class ArrayValue(Obj):
     dtype: Dtype | None = None
     shape: tuple[int, ...] = ()
     order: str = "C"
-    data: bytes | None = None
+    kept: bytes | None = None  # the content read so far (see `data`)
     objects: Any = None
     built: bool = False
+    # Reads the content on first use (joblib data in a seekable file), once.
+    reader: Callable[[], bytes | None] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def data(self) -> bytes | None:
+        if self.kept is None and self.reader is not None:
+            reader, self.reader = self.reader, None
+            self.kept = reader()
+        return self.kept
+
+    @data.setter
+    def data(self, value: bytes | None) -> None:
+        self.kept, self.reader = value, None
 
     @property
     def size(self) -> int:
@@ -161,8 +176,8 @@ class ArrayValue(Obj):
         return cast("Sequence[float] | None", self._values(field, "f"))
 
     def _values(self, name: str | None, kinds: str) -> Sequence[Any] | None:
-        dtype = self.dtype
-        if dtype is None or self.data is None or len(self.data) != self.nbytes:
+        dtype, data = self.dtype, self.data
+        if dtype is None or data is None or len(data) != self.nbytes:
             return None
         offset = 0
         if name is not None:
@@ -186,10 +201,10 @@ class ArrayValue(Obj):
             return []
         # memoryview casts native single-character formats ('e' is not one).
         if offset == 0 and count * dtype.itemsize == itemsize and order == _NATIVE and code != "e":
-            view: Any = memoryview(self.data)
+            view: Any = memoryview(data)
             return cast("Sequence[Any]", view.cast(code))
         tail = itemsize - offset - count * dtype.itemsize
         layout = struct.Struct(f"{order}{offset}x{count}{code}{tail}x")
         if count == 1:
-            return [item[0] for item in layout.iter_unpack(self.data)]
-        return [value for item in layout.iter_unpack(self.data) for value in item]
+            return [item[0] for item in layout.iter_unpack(data)]
+        return [value for item in layout.iter_unpack(data) for value in item]

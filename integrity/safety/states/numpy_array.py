@@ -94,7 +94,7 @@ def mareconstruct_call(made: Obj) -> ArrayValue:
 
 def _placeholder(made: Obj) -> ArrayValue:
     """What the call makes before its BUILD: an empty int8 array of shape (0,)."""
-    return ArrayValue(made.callable, (), dtype=INT8, shape=(0,), data=b"")
+    return ArrayValue(made.callable, (), dtype=INT8, shape=(0,), kept=b"")
 
 
 @on_call("numpy:ndarray", *(f"{g.module}:{g.name}" for g in MASKED_ARRAYS))
@@ -205,7 +205,7 @@ def frombuffer_call(made: Obj) -> ArrayValue:
         # numpy reshapes in C order, then transposes: memory is neither C nor F.
         shape = tuple(shape[axis] for axis in axis_order)
     return ArrayValue(
-        made.callable, (), dtype=dtype, shape=shape, order=order, data=data, built=True
+        made.callable, (), dtype=dtype, shape=shape, order=order, kept=data, built=True
     )
 
 
