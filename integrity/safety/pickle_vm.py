@@ -40,10 +40,12 @@ from typing import Any, Protocol
 
 from integrity.safety import states
 from integrity.safety.streams import Source, StreamError
-from integrity.safety.symbols import Global, Obj, Opaque, SDict, SList, SSet
+from integrity.safety.symbols import ContentBudget, Global, Obj, Opaque, SDict, SList, SSet
 
 MAX_LINE = 1 << 20  # protocol 0 text arguments; longer lines are refused
 MAX_KEPT = 1 << 16  # byte/str arguments longer than this are skipped, kept as opaque
+# ...except bytes and text (an array's raw data, as protocols 0-2 write it too), kept
+# within the machine's content budget.
 HIGHEST_PROTOCOL = 5
 
 
@@ -156,6 +158,8 @@ class PickleMachine:
         self.opcodes = 0
         # [start, end) of each block of raw array data skipped as joblib skips it.
         self.array_spans: list[tuple[int, int]] = []
+        # Array content kept for the state validators (shared by nested machines).
+        self.budget = ContentBudget()
 
     # ------------------------------------------------------------ reading
 
@@ -247,8 +251,12 @@ class PickleMachine:
             raise self._truncated()
         return line[:-1]
 
+    def _keeps(self, n: int) -> bool:
+        """Whether n bytes of content are kept (within the content budget)."""
+        return self.budget.take(n)
+
     def _read_bytes_arg(self, n: int, kind: str) -> Any:
-        if n <= MAX_KEPT:
+        if n <= MAX_KEPT or (kind in ("bytes", "string") and self._keeps(n)):
             return self.read(n)
         self.skip(n)
         return Opaque(kind, n)
@@ -701,8 +709,11 @@ def _binbytes8(vm: PickleMachine, offset: int) -> None:
 @_op(b"\x96")
 def _bytearray8(vm: PickleMachine, offset: int) -> None:
     (n,) = struct.unpack("<Q", vm.read(8))
-    vm.skip(n)
-    vm.push(Opaque("bytearray", n))  # mutable: never taken for bytes
+    # Mutable: never taken for bytes. Kept within the budget (protocol 5 array data).
+    data = vm.read(n) if vm._keeps(n) else None
+    if data is None:
+        vm.skip(n)
+    vm.push(Opaque("bytearray", n, data))
 
 
 @_op(b"\x97")
@@ -722,7 +733,10 @@ def _readonly_buffer(vm: PickleMachine, offset: int) -> None:
     if isinstance(value, bytes):
         return
     if isinstance(value, Obj) or (isinstance(value, Opaque) and value.kind in _BUFFER_KINDS):
-        vm.stack[-1] = Opaque("buffer", value.size if isinstance(value, Opaque) else 0)
+        if isinstance(value, Opaque):
+            vm.stack[-1] = Opaque("buffer", value.size, value.data)
+        else:
+            vm.stack[-1] = Opaque("buffer")
         return
     raise vm._fail(
         "malformed", f"READONLY_BUFFER on {_describe(value)}, not a buffer", offset, FAILS
@@ -1085,7 +1099,8 @@ def _make(
             "it makes may be an array wrapper joblib reads array data after",
             offset,
         )
-    made = Obj(func, args)
+    keywords = kwargs if kwargs is not None and (kwargs.items or kwargs.other) else None
+    made = Obj(func, args, keywords=keywords)
     try:
         vm.push(states.checked_call(made))
     except states.UnsafeState as exc:

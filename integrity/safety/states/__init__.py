@@ -89,7 +89,7 @@ def checked_build(target: Obj, state: Any) -> Any:
 
 def _load_validators() -> None:
     # Imported for their registrations.
-    from integrity.safety.states import numpy_dtype  # noqa: F401
+    from integrity.safety.states import numpy_array, numpy_dtype, numpy_random  # noqa: F401
 
 
 _load_validators()
