@@ -89,7 +89,11 @@ def checked_build(target: Obj, state: Any) -> Any:
 
 def _load_validators() -> None:
     # Imported for their registrations.
-    from integrity.safety.states import numpy_dtype  # noqa: F401
+    from integrity.safety.states import (  # noqa: F401
+        numpy_dtype,
+        stdlib_reconstructor,
+        stdlib_values,
+    )
 
 
 _load_validators()
