@@ -6,83 +6,23 @@ padding (when the wrapper has an alignment), then shape × itemsize bytes; an
 array of Python objects is a nested pickle instead. The scanner reads the
 shape and dtype from the wrapper's symbolic state, skips exactly those bytes
 (never loading them) and keeps scanning after them, or scans the nested pickle.
+The dtype is modelled exactly as numpy holds it (`states.numpy_dtype`); the
+array becomes an `ArrayValue`, with its bytes kept for integer and structured
+dtypes (the state validators read them) within the file's content budget.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from integrity.safety.pickle_vm import Global, Obj, Opaque, PickleMachine, SDict, product
+from integrity.safety.states import UnsafeState
+from integrity.safety.states.numpy_dtype import dtype_of, keeps_content
+from integrity.safety.symbols import ArrayValue
 
 MAX_NESTING = 8
-NUMPY_DTYPE = Global("numpy", "dtype")
 _WRAPPER_KEYS = {"subclass", "shape", "order", "dtype", "allow_mmap", "numpy_array_alignment_bytes"}
-# At most 9 digits: sizes numpy can have, and int() never meets its digit limit.
-_SPEC = re.compile(r"^([biufcSUVOMm])(\d{0,9})$")
-
-
-class DtypeError(ValueError):
-    pass
-
-
-def dtype_layout(dtype: Any, depth: int = 0) -> tuple[bool, int]:
-    """(has Python objects, item size in bytes) of a symbolic numpy.dtype(...) call.
-
-    Accepts the forms numpy's own pickling produces; anything else is refused.
-    """
-    if depth > MAX_NESTING:
-        raise DtypeError("dtype nested too deeply")
-    if not isinstance(dtype, Obj) or dtype.callable != NUMPY_DTYPE:
-        raise DtypeError("dtype is not a numpy.dtype")
-    if not dtype.args or type(dtype.args[0]) is not str:
-        raise DtypeError("dtype spec is not a string")
-    match = _SPEC.match(dtype.args[0])
-    if not match:
-        raise DtypeError(f"unsupported dtype spec {dtype.args[0]!r}")
-    kind, digits = match.group(1), match.group(2)
-    count = int(digits) if digits else 0
-    has_object = kind == "O"
-    if kind in "biufcSV":
-        size = count
-    elif kind == "U":
-        size = 4 * count
-    else:  # O, M, m: pointer-sized or 8-byte values
-        size = count or 8
-    state = dtype.state
-    if state is None:
-        if size <= 0 and kind != "O":
-            raise DtypeError("dtype without a size")
-        return has_object, size
-    if not isinstance(state, tuple) or len(state) < 8:
-        raise DtypeError("dtype state is not numpy's")
-    subarray, names, fields, elsize, flags = state[2], state[3], state[4], state[5], state[7]
-    if type(elsize) is not int or type(flags) is not int:
-        raise DtypeError("dtype state has non-integer sizes")
-    if subarray is not None:
-        if not isinstance(subarray, tuple) or len(subarray) != 2:
-            raise DtypeError("dtype subarray is not numpy's")
-        base_object, _ = dtype_layout(subarray[0], depth + 1)
-        has_object = has_object or base_object
-    if fields is not None:
-        if not isinstance(fields, SDict) or fields.other or not isinstance(names, tuple):
-            raise DtypeError("dtype fields are not numpy's")
-        for entry in fields.items.values():
-            if not isinstance(entry, tuple) or len(entry) < 2:
-                raise DtypeError("dtype field is not numpy's")
-            field_object, _ = dtype_layout(entry[0], depth + 1)
-            has_object = has_object or field_object
-    if elsize > 0:
-        if size and size != elsize:
-            raise DtypeError("dtype item size disagrees with its spec")
-        size = elsize
-    elif elsize != -1 or size <= 0:
-        raise DtypeError("dtype without a valid item size")
-    # numpy marks dtypes holding objects in bit 0 of the flags; a state that
-    # disagrees with its own fields is not one numpy wrote.
-    if bool(flags & 1) != has_object:
-        raise DtypeError("dtype object flag disagrees with its fields")
-    return has_object, size
+NDARRAY = Global("numpy", "ndarray")
 
 
 def read_joblib_array(vm: PickleMachine, wrapper: Obj, offset: int) -> Any:
@@ -101,9 +41,10 @@ def read_joblib_array(vm: PickleMachine, wrapper: Obj, offset: int) -> Any:
     if state.get("order") not in ("C", "F"):
         raise vm._fail("malformed", "NumpyArrayWrapper order is not 'C' or 'F'", offset)
     try:
-        has_object, itemsize = dtype_layout(state.get("dtype"))
-    except DtypeError as exc:
-        raise vm._fail("malformed", f"NumpyArrayWrapper {exc}", offset) from None
+        dtype = dtype_of(state.get("dtype"))
+    except UnsafeState as exc:
+        raise vm._fail("unsafe-state", f"NumpyArrayWrapper: {exc.message}", offset) from None
+    has_object, itemsize = dtype.has_object, dtype.itemsize
     # The array's bytes are read from the file, not from a pickle frame: a
     # frame still open here means the scanner and the loader would disagree.
     if vm.frame_end is not None and vm.source.tell() < vm.frame_end:
@@ -114,6 +55,7 @@ def read_joblib_array(vm: PickleMachine, wrapper: Obj, offset: int) -> Any:
             raise vm._fail("malformed", "object arrays nested too deeply", offset)
         # joblib reads it with a plain unpickler: no raw array data inside.
         nested = PickleMachine(vm.source, vm.check_global, None, depth=vm.depth + 1)
+        nested.budget = vm.budget
         nested.run()
         return Opaque("object array")
     if vm.shadow is not None:
@@ -125,5 +67,12 @@ def read_joblib_array(vm: PickleMachine, wrapper: Obj, offset: int) -> Any:
         padding = vm.read(1)[0]
         vm.skip(padding)
     nbytes = count * itemsize
-    vm.skip(nbytes)
-    return Opaque("array", nbytes)
+    data = None
+    # Content the state validators read (integers, structures) is kept within the
+    # budget; the rest is skipped unread.
+    if keeps_content(dtype) and vm.budget.take(nbytes):
+        data = vm.read(nbytes)
+    else:
+        vm.skip(nbytes)
+    order = "F" if state.get("order") == "F" else "C"
+    return ArrayValue(NDARRAY, (), dtype=dtype, shape=shape, order=order, data=data, built=True)

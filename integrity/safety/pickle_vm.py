@@ -37,10 +37,12 @@ from typing import Any, Protocol
 
 from integrity.safety import states
 from integrity.safety.streams import Source, StreamError
-from integrity.safety.symbols import Global, Obj, Opaque, SDict, SList, SSet
+from integrity.safety.symbols import ContentBudget, Global, Obj, Opaque, SDict, SList, SSet
 
 MAX_LINE = 1 << 20  # protocol 0 text arguments; longer lines are refused
 MAX_KEPT = 1 << 16  # byte/str arguments longer than this are skipped, kept as opaque
+# ...except bytes and text (an array's raw data, as protocols 0-2 write it too), kept
+# within the machine's content budget.
 HIGHEST_PROTOCOL = 5
 
 
@@ -152,6 +154,8 @@ class PickleMachine:
         # plain pickle.load would (it reads them as opcodes).
         self.shadow: Callable[[PickleMachine], None] | None = None
         self.opcodes = 0
+        # Array content kept for the state validators (shared by nested machines).
+        self.budget = ContentBudget()
 
     # ------------------------------------------------------------ reading
 
@@ -219,7 +223,7 @@ class PickleMachine:
         return line[:-1]
 
     def _read_bytes_arg(self, n: int, kind: str) -> Any:
-        if n <= MAX_KEPT:
+        if n <= MAX_KEPT or (kind in ("bytes", "string") and self.budget.take(n)):
             return self.read(n)
         self.skip(n)
         return Opaque(kind, n)
@@ -582,8 +586,11 @@ def _binbytes8(vm: PickleMachine, offset: int) -> None:
 @_op(b"\x96")
 def _bytearray8(vm: PickleMachine, offset: int) -> None:
     (n,) = struct.unpack("<Q", vm.read(8))
-    vm.skip(n)
-    vm.push(Opaque("bytearray", n))  # mutable: never taken for bytes
+    # Mutable: never taken for bytes. Kept within the budget (protocol 5 array data).
+    data = vm.read(n) if vm.budget.take(n) else None
+    if data is None:
+        vm.skip(n)
+    vm.push(Opaque("bytearray", n, data))
 
 
 @_op(b"\x97")
@@ -603,7 +610,10 @@ def _readonly_buffer(vm: PickleMachine, offset: int) -> None:
     if isinstance(value, bytes):
         return
     if isinstance(value, Obj) or (isinstance(value, Opaque) and value.kind in _BUFFER_KINDS):
-        vm.stack[-1] = Opaque("buffer", value.size if isinstance(value, Opaque) else 0)
+        if isinstance(value, Opaque):
+            vm.stack[-1] = Opaque("buffer", value.size, value.data)
+        else:
+            vm.stack[-1] = Opaque("buffer")
         return
     raise vm._fail(
         "malformed", f"READONLY_BUFFER on {_describe(value)}, not a buffer", offset, FAILS
@@ -863,6 +873,7 @@ def _make(
     offset: int,
     init: bool,
     kwargs: tuple[Any, ...] = (),
+    keywords: SDict | None = None,
 ) -> None:
     """Push the object a call makes, refusing the ways to make a joblib array wrapper
     whose attributes the scanner would not know (joblib reads array data after any).
@@ -882,7 +893,7 @@ def _make(
             "it makes may be an array wrapper joblib reads array data after",
             offset,
         )
-    made = Obj(func, args)
+    made = Obj(func, args, keywords=keywords)
     try:
         vm.push(states.checked_call(made))
     except states.UnsafeState as exc:
@@ -914,7 +925,15 @@ def _newobj_ex(vm: PickleMachine, offset: int) -> None:
     cls = vm.callable_of(vm.pop(), "NEWOBJ_EX", offset)
     if not isinstance(args, tuple) or not isinstance(kwargs, SDict):
         raise vm._fail("malformed", "NEWOBJ_EX arguments are not a tuple and a dict", offset)
-    _make(vm, cls, args, offset, init=False, kwargs=tuple(kwargs.items.values()))
+    _make(
+        vm,
+        cls,
+        args,
+        offset,
+        init=False,
+        kwargs=tuple(kwargs.items.values()),
+        keywords=kwargs if kwargs.items or kwargs.other else None,
+    )
 
 
 @_op(b"i")

@@ -90,6 +90,7 @@ def checked_build(target: Obj, state: Any) -> Any:
 def _load_validators() -> None:
     # Imported for their registrations.
     from integrity.safety.states import (  # noqa: F401
+        numpy_array,
         numpy_dtype,
         stdlib_reconstructor,
         stdlib_values,
