@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from integrity.safety.pickle_vm import Global, Obj, Opaque, PickleMachine, SDict, product
+from integrity.safety.pickle_vm import Global, Obj, PickleMachine, SDict, product
 from integrity.safety.states import UnsafeState
 from integrity.safety.states.numpy_dtype import dtype_of, keeps_content
 from integrity.safety.symbols import ArrayValue
@@ -56,8 +56,8 @@ def read_joblib_array(vm: PickleMachine, wrapper: Obj, offset: int) -> Any:
         # joblib reads it with a plain unpickler: no raw array data inside.
         nested = PickleMachine(vm.source, vm.check_global, None, depth=vm.depth + 1)
         nested.budget = vm.budget
-        nested.run()
-        return Opaque("object array")
+        # What the nested pickle makes is what joblib returns for the wrapper.
+        return nested.run()
     if vm.shadow is not None:
         # Raw bytes joblib skips unread: plain pickle.load reads them as opcodes.
         # (An object array's nested pickle is scanned as a pickle already; read

@@ -92,6 +92,12 @@ def _load_validators() -> None:
     from integrity.safety.states import (  # noqa: F401
         numpy_array,
         numpy_dtype,
+        pandas_arrays,
+        pandas_internals,
+        scipy_sparse,
+        sklearn_losses,
+        sklearn_neighbors,
+        sklearn_tree,
         stdlib_reconstructor,
         stdlib_values,
     )
