@@ -19,7 +19,9 @@ import json
 import os
 import pathlib
 import pickle
+import pickletools
 import signal
+import struct
 import subprocess
 import sys
 import types
@@ -419,3 +421,60 @@ def test_state_no_library_writes_is_refused(name: str, tmp_path: Path) -> None:
     result = scan_bytes(REFUSED_WITHOUT_A_CRASH[name](), tmp_path)
     assert not result.safe
     assert unsafe_states(result), [f.message for f in result.findings]
+
+
+# ---------------------------------------------------------------- changed after the check
+
+
+def _memo_of_next(data: bytes, after: str, opcode: str) -> int:
+    """The memo index the pickler gave the first `opcode`'s result after the text `after`."""
+    ops = list(pickletools.genops(data))
+    start = next(i for i, (_, arg, _) in enumerate(ops) if arg == after)
+    made = next(i for i in range(start, len(ops)) if ops[i][0].name == opcode)
+    put = ops[made + 1]
+    assert put[0].name == "BINPUT" and isinstance(put[1], int), put
+    return put[1]
+
+
+def _then(data: bytes, opcodes: bytes) -> bytes:
+    """A protocol-2 pickle with opcodes run on its memo before STOP."""
+    assert data.endswith(b".") and data.startswith(b"\x80\x02")
+    return data[:-1] + opcodes + b"."
+
+
+def _csr_changed_after_its_check() -> bytes:
+    from scipy import sparse
+
+    data = pickle.dumps(sparse.random(50, 40, density=0.2, format="csr", random_state=0), 2)
+    # GET the indices array, indices[3] = 2**30, POP: ndarray.__setitem__ after BUILD.
+    indices = _memo_of_next(data, "indices", "REDUCE") + 2  # after _codecs.encode's bytes
+    return _then(data, b"h" + bytes([indices]) + b"K\x03J" + struct.pack("<i", 1 << 30) + b"s0")
+
+
+CRASHES["csr_indices_changed_after_the_check"] = Crash(
+    _csr_changed_after_its_check, "m @ np.ones(40)"
+)
+
+
+def test_a_list_a_checked_object_holds_cannot_change(tmp_path: Path) -> None:
+    from sklearn.ensemble import RandomForestRegressor
+
+    x = np.random.RandomState(0).normal(size=(40, 3))
+    forest = RandomForestRegressor(n_estimators=2, max_depth=2, random_state=0).fit(x, x[:, 0])
+    data = pickle.dumps(forest, 2)
+    trees = _memo_of_next(data, "estimators_", "EMPTY_LIST")
+    # Once the forest's state is checked, APPEND to its estimators_ list (the forest holds
+    # that very list) would add a tree no check saw.
+    result = scan_bytes(_then(data, b"h" + bytes([trees]) + b"K\x05a0"), tmp_path)
+    assert [f.code for f in result.findings] == ["indirect-call"]
+    assert "since its state was checked" in result.findings[0].message
+    assert scan_bytes(data, tmp_path, "control.pkl").safe
+
+
+def test_a_checked_object_cannot_be_built_twice(tmp_path: Path) -> None:
+    data = pickle.dumps(_fitted_tree(), 2)
+    model = _memo_of_next(data, "sklearn.tree._classes DecisionTreeClassifier", "NEWOBJ")
+    # A second BUILD merges into the estimator's attributes after the first was checked.
+    result = scan_bytes(_then(data, b"h" + bytes([model]) + b"}b0"), tmp_path)
+    assert unsafe_states(result) and "built twice" in unsafe_states(result)[0]
+    assert scan_bytes(data, tmp_path, "control.pkl").safe

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from integrity.safety.states import UnsafeState
-from integrity.safety.symbols import ArrayValue, Global, Obj, SDict
+from integrity.safety.symbols import ArrayValue, Global, Obj, SDict, SList
 
 MAX_INDEX = (1 << 63) - 1  # an intp
 
@@ -82,3 +82,35 @@ def made_class(value: Any) -> Global | None:
     if factory and value.args and isinstance(value.args[0], Global):
         return value.args[0]
     return value.callable
+
+
+def keep(target: Obj, state: Any) -> Obj:
+    """Give a checked BUILD state to its object, and hold the pickle to it.
+
+    Once: the libraries write one state per object, and a second BUILD would change
+    (or, on a Python object, merge into) what was checked. A dict state is copied:
+    the object keeps its values, not the pickle's dict, which may still change. Lists
+    in the state are the object's own (by reference): the pickle may not change them.
+    """
+    if target.state is not None:
+        raise UnsafeState(
+            f"{target.callable.qualified} is built twice: its library writes one state"
+        )
+    if isinstance(state, SDict):
+        state = SDict(dict(state.items), list(state.other))
+        hold(list(state.items.values()))
+    elif isinstance(state, tuple):
+        hold(list(state))
+    target.state = state
+    return target
+
+
+def hold(values: list[Any], depth: int = 0) -> None:
+    """Lists among `values` (an object holds them by reference) may no longer change."""
+    for value in values:
+        if isinstance(value, SList) and not value.checked:
+            value.checked = True
+            if depth < 4:
+                hold(value.items, depth + 1)
+        elif isinstance(value, tuple) and depth < 4:
+            hold(list(value), depth + 1)

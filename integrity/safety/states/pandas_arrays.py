@@ -14,7 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 from integrity.safety.states import UnsafeState, on_build, on_call
-from integrity.safety.states.library_arrays import array, in_range, ints, made_class, plain_int
+from integrity.safety.states.library_arrays import (
+    array,
+    in_range,
+    ints,
+    keep,
+    made_class,
+    plain_int,
+)
 from integrity.safety.states.numpy_dtype import dtype_of
 from integrity.safety.states.pandas_internals import index_length
 from integrity.safety.states.stdlib_reconstructor import build_as_made_class
@@ -60,7 +67,9 @@ def _categories(dtype: Any) -> int:
     if made_class(dtype) not in CATEGORICAL_DTYPES or not isinstance(dtype, Obj):
         raise UnsafeState("Categorical dtype is not a CategoricalDtype")
     fields = dtype.state
-    categories = fields.get("categories") if isinstance(fields, SDict) else None
+    categories = None
+    if isinstance(fields, SDict):  # pandas < 3 named them _categories
+        categories = fields.get("categories") or fields.get("_categories")
     count = index_length(categories)
     if count is None:
         raise UnsafeState("Categorical categories have no length the scanner can follow")
@@ -73,8 +82,7 @@ def categorical_build(target: Obj, state: Any) -> Obj:
     if len(codes.shape) != 1:
         raise UnsafeState("Categorical codes are not one-dimensional")
     in_range(ints(codes, "Categorical codes"), -1, _categories(dtype), "Categorical codes")
-    target.state = state
-    return target
+    return keep(target, state)
 
 
 @on_build(*(f"{g.module}:{g.name}" for g in BACKED if g.name == "DatetimeArray"))
@@ -82,8 +90,7 @@ def datetime_array_build(target: Obj, state: Any) -> Obj:
     dtype, values = _backed_state(state, "DatetimeArray")
     if dtype_of(dtype).kind != "M" or values.dtype is None or values.dtype.kind != "M":
         raise UnsafeState("DatetimeArray does not hold datetime64 values of a datetime64 dtype")
-    target.state = state
-    return target
+    return keep(target, state)
 
 
 @on_build(*(f"{g.module}:{g.name}" for g in BACKED if g.name == "StringArray"))
@@ -91,5 +98,10 @@ def string_array_build(target: Obj, state: Any) -> Obj:
     _, values = _backed_state(state, "StringArray")
     if values.dtype is None or values.dtype.kind != "O":
         raise UnsafeState("StringArray does not hold Python objects")
-    target.state = state
-    return target
+    return keep(target, state)
+
+
+@on_build(*(f"{g.module}:{g.name}" for g in CATEGORICAL_DTYPES))
+def categorical_dtype_build(target: Obj, state: Any) -> Obj:
+    # Kept once and copied: a Categorical's codes are checked against these categories.
+    return keep(target, state)

@@ -14,10 +14,11 @@ that long where the state sets it directly.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from integrity.safety.states import UnsafeState, on_build, on_call
-from integrity.safety.states.library_arrays import array, ints, plain_int
+from integrity.safety.states.library_arrays import array, hold, ints, keep, plain_int
 from integrity.safety.symbols import ArrayValue, Global, Obj, SDict, SList
 
 SLICE = Global("builtins", "slice")
@@ -91,6 +92,17 @@ def _check_blocks(blocks: list[tuple[Any, Any, int]], items: int | None, what: s
         raise UnsafeState(f"{what} blocks hold {total} columns, its columns index {items}")
 
 
+@on_call("pandas.core.indexes.base:_new_Index")
+def new_index_call(made: Obj) -> Obj:
+    # _new_Index(cls, fields) reads the dict once: later changes to the pickle's dict
+    # do not reach the Index, so the length read from it is taken now.
+    if len(made.args) == 2 and isinstance(made.args[1], SDict):
+        fields = made.args[1]
+        hold(list(fields.items.values()))
+        return replace(made, args=(made.args[0], SDict(dict(fields.items), list(fields.other))))
+    return made
+
+
 @on_call("pandas._libs.internals:_unpickle_block")
 def unpickle_block_call(made: Obj) -> Obj:
     if len(made.args) != 3:
@@ -121,6 +133,7 @@ def block_manager_call(made: Obj) -> Obj:
         index_length(axis_list[0]) if isinstance(axis_list, tuple | list) and axis_list else None
     )
     _check_blocks([b.args for b in items], columns, "BlockManager")
+    hold([blocks, axes])
     return made
 
 
@@ -148,8 +161,7 @@ def block_manager_build(target: Obj, state: Any) -> Obj:
     if columns is None:
         raise UnsafeState("BlockManager columns index has no length the scanner can follow")
     _check_blocks(blocks, columns, "BlockManager")
-    target.state = state
-    return target
+    return keep(target, state)
 
 
 @on_build("pandas.core.internals.managers:SingleBlockManager")
@@ -162,5 +174,4 @@ def single_block_manager_build(target: Obj, state: Any) -> Obj:
     length = values_shape(values, "SingleBlockManager")[0]
     if positions and not 0 <= min(positions) <= max(positions) < max(length, 1):
         raise UnsafeState("SingleBlockManager placement is outside its values")
-    target.state = state
-    return target
+    return keep(target, state)

@@ -21,6 +21,7 @@ from integrity.safety.states.library_arrays import (
     array,
     in_range,
     ints,
+    keep,
     plain_int,
 )
 from integrity.safety.symbols import ArrayValue, Obj, SDict
@@ -73,8 +74,7 @@ def compressed_build(target: Obj, state: Any) -> Obj:
     if pointers[-1] > min(len(indices), data.shape[0]):
         raise UnsafeState(f"{what} indptr runs past its indices or data: out-of-bounds access")
     in_range(indices[: pointers[-1]], 0, minor, f"{what} indices")
-    target.state = state
-    return target
+    return keep(target, state)
 
 
 @on_build("scipy.sparse._coo:coo_matrix")
@@ -92,5 +92,4 @@ def coordinate_build(target: Obj, state: Any) -> Obj:
         if len(positions) != data.shape[0]:
             raise UnsafeState("coo_matrix coordinates are not one per value")
         in_range(positions, 0, min(size, MAX_INDEX), f"coo_matrix coordinates {axis}")
-    target.state = state
-    return target
+    return keep(target, state)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from integrity.safety.states import UnsafeState, on_build, on_call
-from integrity.safety.states.library_arrays import plain_int, plain_number
+from integrity.safety.states.library_arrays import keep, plain_int, plain_number
 from integrity.safety.states.stdlib_reconstructor import build_as_made_class
 from integrity.safety.symbols import Global, Obj
 
@@ -66,5 +66,4 @@ on_build(*(f"{_LOSS}:__pyx_unpickle_{name}" for name in CY_LOSSES))(build_as_mad
 @on_build(*(f"sklearn.linear_model._sgd_fast:{name}" for name in SGD_LOSSES))
 def loss_build(target: Obj, state: Any) -> Obj:
     _numbers(state, "a loss's state")
-    target.state = state
-    return target
+    return keep(target, state)

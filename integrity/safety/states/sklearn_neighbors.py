@@ -21,6 +21,7 @@ from integrity.safety.states.library_arrays import (
     array,
     in_range,
     ints,
+    keep,
     made_class,
     plain_int,
     plain_number,
@@ -88,8 +89,7 @@ def binary_tree_build(target: Obj, state: Any) -> Obj:
         weights = array(state[12], f"{what} sample_weight", ndim=1)
         if weights.shape[0] != n_samples:
             raise UnsafeState(f"{what} sample_weight is not one weight per sample")
-    target.state = state
-    return target
+    return keep(target, state)
 
 
 @on_build(*(f"{g.module}:{g.name}" for g in METRICS))
@@ -100,5 +100,4 @@ def metric_build(target: Obj, state: Any) -> Obj:
     plain_number(state[0], "distance metric p")
     array(state[1], "distance metric vec", ndim=1)
     array(state[2], "distance metric mat", ndim=2)
-    target.state = state
-    return target
+    return keep(target, state)

@@ -31,6 +31,7 @@ from integrity.safety.states import UnsafeState, on_build, on_call
 from integrity.safety.states.library_arrays import (
     array,
     ints,
+    keep,
     made_class,
     plain_int,
     state_dict,
@@ -112,8 +113,7 @@ def tree_build(target: Obj, state: Any) -> Obj:
     values = array(state.get("values"), "Tree values")
     if values.shape != (count, n_outputs, max(n_classes)):
         raise UnsafeState("Tree values do not have the shape (nodes, outputs, classes)")
-    target.state = state
-    return target
+    return keep(target, state)
 
 
 def _walk_nodes(
@@ -167,8 +167,7 @@ def tree_estimator_build(target: Obj, state: Any) -> Obj:
                 "a tree estimator's n_features_in_ is not its tree's n_features: X is "
                 "validated for one and read for the other"
             )
-    target.state = state
-    return target
+    return keep(target, state)
 
 
 def _sub_estimators(value: Any, what: str) -> list[Any]:
@@ -200,8 +199,7 @@ def ensemble_build(target: Obj, state: Any) -> Obj:
                     "an ensemble holds a tree made for a different number of features: "
                     "it calls the tree without validating X"
                 )
-    target.state = state
-    return target
+    return keep(target, state)
 
 
 @on_build("sklearn.ensemble._iforest:IsolationForest")
@@ -219,8 +217,7 @@ def isolation_forest_build(target: Obj, state: Any) -> Obj:
                 raise UnsafeState(
                     "an IsolationForest tree is made for more features than it is given"
                 )
-    target.state = state
-    return target
+    return keep(target, state)
 
 
 # ---------------------------------------------------------------- histogram gradient boosting
@@ -254,8 +251,7 @@ def tree_predictor_build(target: Obj, state: Any) -> Obj:
         for i, flag in enumerate(categorical):
             if flag and not is_leaf[i] and not 0 <= bitset_index[i] < bitsets.shape[0]:
                 raise UnsafeState("TreePredictor node reads a category bitset it does not hold")
-    target.state = state
-    return target
+    return keep(target, state)
 
 
 def _predictor_features(predictor: Any) -> tuple[int, bool]:
@@ -296,5 +292,4 @@ def hist_gradient_boosting_build(target: Obj, state: Any) -> Obj:
                     raise UnsafeState(
                         "HistGradientBoosting with categorical splits cannot be checked yet"
                     )
-    target.state = state
-    return target
+    return keep(target, state)

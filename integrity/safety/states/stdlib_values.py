@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from integrity.safety.states import UnsafeState, on_build, on_call
+from integrity.safety.states.library_arrays import keep
 from integrity.safety.symbols import Obj, SDict, SList
 
 # Bounds on numbers given as text or as ints: far beyond any value a model carries,
@@ -149,5 +150,4 @@ def uuid_build(target: Obj, state: Any) -> Obj:
         raise UnsafeState("UUID state's int is not a 128-bit number")
     if state.items.get("is_safe", 0) not in (0, -1, None):
         raise UnsafeState("UUID state's is_safe is not a SafeUUID value")
-    target.state = state
-    return target
+    return keep(target, state)
