@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from integrity.safety.allowlist import AllowList
 from integrity.safety.scanner import ScanResult, scan_path
 
 PROTOCOLS = range(pickle.HIGHEST_PROTOCOL + 1)
@@ -478,3 +479,119 @@ def test_a_checked_object_cannot_be_built_twice(tmp_path: Path) -> None:
     result = scan_bytes(_then(data, b"h" + bytes([model]) + b"}b0"), tmp_path)
     assert unsafe_states(result) and "built twice" in unsafe_states(result)[0]
     assert scan_bytes(data, tmp_path, "control.pkl").safe
+
+
+# ---------------------------------------------------------------- what the libraries write
+
+
+def _library_objects() -> dict[str, object]:
+    """One real object per validated class, each as its library writes it."""
+    import pandas as pd
+    from scipy import sparse
+    from sklearn import ensemble, linear_model, neighbors, tree
+
+    rng = np.random.RandomState(0)
+    x = rng.normal(size=(60, 3))
+    y = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0)
+    y2 = np.c_[x[:, 0], x[:, 1]]
+    return {
+        "tree_multi_output": tree.DecisionTreeRegressor(max_depth=4).fit(x, y2),
+        "extra_tree": tree.ExtraTreeClassifier(random_state=0).fit(x, y),
+        "random_forest": ensemble.RandomForestClassifier(n_estimators=3).fit(x, y),
+        "extra_trees": ensemble.ExtraTreesRegressor(n_estimators=3).fit(x, y2),
+        "gradient_boosting_3_classes": ensemble.GradientBoostingClassifier(n_estimators=3).fit(
+            x, y
+        ),
+        "isolation_forest": ensemble.IsolationForest(
+            n_estimators=3, max_features=2, random_state=0
+        ).fit(x),
+        "hist_gradient_boosting_quantile": ensemble.HistGradientBoostingRegressor(
+            max_iter=3, loss="quantile", quantile=0.3
+        ).fit(x, x[:, 0]),
+        "kd_tree": neighbors.KDTree(x, leaf_size=4),
+        "ball_tree": neighbors.BallTree(x, leaf_size=4),
+        "k_neighbors_kd": neighbors.KNeighborsClassifier(algorithm="kd_tree").fit(x, y),
+        "sgd_modified_huber": linear_model.SGDClassifier(loss="modified_huber").fit(x, y),
+        "sparse": [
+            sparse.random(30, 20, density=0.1, format=f, random_state=0)
+            for f in ("csr", "csc", "coo")
+        ]
+        + [sparse.csr_matrix(np.eye(3), dtype=np.int8)],
+        "frame": pd.DataFrame(
+            {
+                "i": np.arange(3),
+                "f": [0.5, 1.5, 2.5],
+                "s": ["a", "b", "c"],
+                "c": pd.Categorical(["u", "v", "u"]),
+                "t": pd.to_datetime(["2020-01-01", "2021-01-01", "2022-01-01"]),
+                "j": np.arange(3),
+            }
+        ),
+        "series_of_categories": pd.Series(pd.Categorical(["x", None, "y"])),
+    }
+
+
+@pytest.fixture(scope="module")
+def library_objects() -> dict[str, object]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _library_objects()
+
+
+STYLES = [f"pickle_{p}" for p in PROTOCOLS] + ["joblib", "joblib_zlib"]
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_states_the_libraries_write_pass_their_validators(
+    library_objects: dict[str, object], style: str, tmp_path: Path
+) -> None:
+    import joblib
+
+    refused = {}
+    for name, value in library_objects.items():
+        path = tmp_path / f"{name}.{style}"
+        if style.startswith("pickle_"):
+            path.write_bytes(pickle.dumps(value, int(style.removeprefix("pickle_"))))
+        else:
+            joblib.dump(value, path, compress=3 if style == "joblib_zlib" else 0)
+        result = scan_path(path)
+        if not result.safe:
+            refused[name] = [f.message for f in result.findings]
+    assert refused == {}
+
+
+def _categorical_boosting() -> Any:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rng = np.random.RandomState(0)
+    x = np.c_[rng.randint(0, 4, size=80), rng.normal(size=(80, 2))]
+    y = (x[:, 0] % 2 == 0).astype(int)
+    return HistGradientBoostingClassifier(max_iter=3, categorical_features=[0]).fit(x, y)
+
+
+# Its preprocessor holds functools.partial(check_array, ...), never on the allow-list: the
+# user's allow-list gives them here, so that the categorical splits are what is checked.
+CATEGORICAL_PREPROCESSOR = AllowList(
+    {
+        ("functools", "partial"): "test: HistGradientBoosting's categorical preprocessor",
+        ("sklearn.utils.validation", "check_array"): "test: the same",
+    }
+)
+
+
+def test_categorical_splits_of_histogram_boosting_pass_against_their_binner(
+    tmp_path: Path,
+) -> None:
+    model = _categorical_boosting()
+    assert any(p.nodes["is_categorical"].any() for s in model._predictors for p in s)
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps(model, 4))
+    assert scan_path(path, CATEGORICAL_PREPROCESSOR).safe
+    # The binner forgets the feature is categorical: predict would look its splits'
+    # categories up in a bitset table with no row for it.
+    model._bin_mapper.is_categorical_[:] = 0
+    path.write_bytes(pickle.dumps(model, 4))
+    result = scan_path(path, CATEGORICAL_PREPROCESSOR)
+    assert any("categorical" in message for message in unsafe_states(result))

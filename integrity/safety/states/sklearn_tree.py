@@ -64,6 +64,7 @@ FORESTS = [
 ]
 _HGB = "sklearn.ensemble._hist_gradient_boosting"
 TREE_PREDICTOR = Global(f"{_HGB}.predictor", "TreePredictor")
+BIN_MAPPER = Global(f"{_HGB}.binning", "_BinMapper")
 
 
 @on_call("sklearn.tree._tree:Tree")
@@ -254,8 +255,8 @@ def tree_predictor_build(target: Obj, state: Any) -> Obj:
     return keep(target, state)
 
 
-def _predictor_features(predictor: Any) -> tuple[int, bool]:
-    """(highest split feature + 1, whether any split is categorical) of a TreePredictor."""
+def _predictor_features(predictor: Any) -> tuple[int, set[int]]:
+    """(highest split feature + 1, the features of categorical splits) of a TreePredictor."""
     state = _estimator_state(predictor)
     if made_class(predictor) != TREE_PREDICTOR or state is None:
         raise UnsafeState("HistGradientBoosting holds a predictor that is not a TreePredictor")
@@ -266,7 +267,18 @@ def _predictor_features(predictor: Any) -> tuple[int, bool]:
     splits = [i for i, flag in enumerate(is_leaf) if not flag]
     if any(feature[i] < 0 for i in splits):
         raise UnsafeState("TreePredictor splits on a negative feature")
-    return max((feature[i] + 1 for i in splits), default=0), any(categorical[i] for i in splits)
+    columns = max((feature[i] + 1 for i in splits), default=0)
+    return columns, {feature[i] for i in splits if categorical[i]}
+
+
+def _categorical_features(binner: Any) -> set[int]:
+    """The features the binner marks categorical: predict looks their known categories
+    up through a map sized by the binner's features."""
+    state = _estimator_state(binner)
+    if made_class(binner) != BIN_MAPPER or state is None:
+        raise UnsafeState("HistGradientBoosting _bin_mapper is not a fitted _BinMapper")
+    flags = array(state.get("is_categorical_"), "_BinMapper is_categorical_", ndim=1)
+    return {f for f, flag in enumerate(ints(flags, "_BinMapper is_categorical_")) if flag}
 
 
 @on_build(f"{_HGB}.gradient_boosting:HistGradientBoostingClassifier")
@@ -277,19 +289,21 @@ def hist_gradient_boosting_build(target: Obj, state: Any) -> Obj:
         stages = state.get("_predictors")
         if not isinstance(stages, SList):
             raise UnsafeState("HistGradientBoosting _predictors is not a list")
+        categorical: set[int] = set()
         for stage in stages.items:
             if not isinstance(stage, SList):
                 raise UnsafeState("HistGradientBoosting _predictors is not a list of lists")
             for predictor in stage.items:
-                columns, categorical = _predictor_features(predictor)
+                columns, splits = _predictor_features(predictor)
                 if columns > n_features:
                     raise UnsafeState(
                         "a HistGradientBoosting tree splits on a feature past n_features_in_: "
                         "out-of-bounds read when it predicts"
                     )
-                if categorical:
-                    # Which features are categorical is the binner's: not followed yet.
-                    raise UnsafeState(
-                        "HistGradientBoosting with categorical splits cannot be checked yet"
-                    )
+                categorical |= splits
+        if categorical and not categorical <= _categorical_features(state.get("_bin_mapper")):
+            raise UnsafeState(
+                "a HistGradientBoosting tree splits a feature as categorical that its binner "
+                "does not know as categorical: out-of-bounds read of the category bitsets"
+            )
     return keep(target, state)
