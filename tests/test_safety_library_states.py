@@ -595,3 +595,30 @@ def test_categorical_splits_of_histogram_boosting_pass_against_their_binner(
     path.write_bytes(pickle.dumps(model, 4))
     result = scan_path(path, CATEGORICAL_PREPROCESSOR)
     assert any("categorical" in message for message in unsafe_states(result))
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        [("a", "<i8"), ("b", "<i8"), ("t", "<f8"), ("m", "u1")],  # tree nodes' layout
+        [("a", "u1"), ("b", "<i4"), ("c", "<i2")],  # packed: offsets not multiples
+        [("a", ">i8"), ("b", ">u4")],  # not native: decoded, not viewed
+        [("a", "?"), ("b", "<u2"), ("c", "<i4")],
+    ],
+    ids=["aligned", "packed", "big_endian", "bool_and_small"],
+)
+def test_field_integers_read_by_the_validators_are_numpys(
+    dtype: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    from test_safety_numpy_states import symbolic
+
+    from integrity.safety.states.library_arrays import ints
+
+    values = np.zeros(7, dtype=dtype)
+    integers = [name for name, kind in dtype if np.dtype(kind).kind != "f"]
+    for k, name in enumerate(integers):
+        values[name] = (np.arange(7) * (k + 3)) % (2 if values.dtype[name].kind == "b" else 100)
+    for protocol in (2, 5):
+        array = symbolic(pickle.dumps(values, protocol), tmp_path)
+        for name in integers:
+            assert list(ints(array, "test", name)) == values[name].astype(int).tolist()

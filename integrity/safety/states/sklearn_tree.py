@@ -124,25 +124,26 @@ def _walk_nodes(
     the nodes; leaves with both children -1) and return the deepest node's depth."""
     count = len(left)
     depth = [0] * count
-    deepest = 0
-    for i, (lo, hi, f) in enumerate(zip(left, right, feature, strict=True)):
+    # One pass, no calls per node: forests hold millions of nodes.
+    for i, lo, hi, f in zip(range(count), left, right, feature, strict=True):
         if lo == TREE_LEAF and hi == TREE_LEAF:
             continue
-        if not (i < lo < count and i < hi < count):
+        if lo <= i or hi <= i or lo >= count or hi >= count:
             raise UnsafeState(
                 f"{what} node {i} has a child outside the nodes after it: out-of-bounds "
                 "read (or an endless walk) when it predicts"
             )
-        if not 0 <= f < n_features:
+        if f < 0 or f >= n_features:
             raise UnsafeState(
                 f"{what} node {i} splits on feature {f}, not below n_features={n_features}: "
                 "out-of-bounds read when it predicts"
             )
         below = depth[i] + 1
-        depth[lo] = max(depth[lo], below)
-        depth[hi] = max(depth[hi], below)
-        deepest = max(deepest, below)
-    return deepest
+        if depth[lo] < below:
+            depth[lo] = below
+        if depth[hi] < below:
+            depth[hi] = below
+    return max(depth, default=0)
 
 
 # ---------------------------------------------------------------- estimators holding trees
