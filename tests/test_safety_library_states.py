@@ -146,6 +146,7 @@ def test_callables_and_file_reaching_types_stay_refused(name: str, tmp_path: Pat
 CRASH_RUNNER = """
 import json, os, pickle, sys
 import numpy as np, pandas, scipy.sparse, sklearn.ensemble, sklearn.neighbors, sklearn.tree
+import sklearn.feature_extraction.text, sklearn.svm
 X = np.random.RandomState(0).normal(size=(200, 3))
 statuses = {}
 for name, path, use in json.loads(sys.argv[1]):
@@ -286,6 +287,25 @@ def _hist_predictor_child_outside() -> bytes:
     return pickle.dumps(model, 4)
 
 
+def _vocabulary_outside_the_matrix() -> bytes:
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    vectorizer = CountVectorizer().fit(["alpha beta gamma", "beta delta"])
+    vectorizer.vocabulary_ = {**vectorizer.vocabulary_, "alpha": 1 << 30}
+    return pickle.dumps(vectorizer, 4)
+
+
+def _svc_counts_past_empty_vectors() -> bytes:
+    from sklearn.svm import SVC
+
+    x = np.random.RandomState(0).normal(size=(40, 3))
+    model = SVC(kernel="linear").fit(x, x[:, 0] > 0)
+    # Zero-width vectors skip scikit-learn's own check of _n_support (CVE-2020-28975).
+    model.support_vectors_ = np.zeros((1 << 26, 0))
+    model._n_support = np.array([1 << 25, 1 << 25], dtype=np.int32)
+    return pickle.dumps(model, 4)
+
+
 @dataclass(frozen=True)
 class Crash:
     build: Callable[[], bytes]
@@ -325,6 +345,12 @@ CRASHES: dict[str, Crash] = {
     "csr_column_outside_shape": Crash(lambda: _sparse(_column_out_of_range), "m @ np.ones(40)"),
     "csr_pointer_past_data": Crash(lambda: _sparse(_pointer_past_data), "m.toarray()"),
     "dataframe_block_outside_frame": Crash(_frame_with_block_outside, "m['a']"),
+    "count_vectorizer_column_outside_matrix": Crash(
+        _vocabulary_outside_the_matrix, "m.transform(['alpha beta', 'alpha']).toarray()"
+    ),
+    "svc_support_counts_past_empty_vectors": Crash(
+        _svc_counts_past_empty_vectors, "m.predict(X[:2])"
+    ),
 }
 
 
@@ -484,11 +510,15 @@ def test_a_checked_object_cannot_be_built_twice(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- what the libraries write
 
 
+DOCUMENTS = ["the cat sat", "the dog sat down", "a cat and a dog", "the end"]
+
+
 def _library_objects() -> dict[str, object]:
     """One real object per validated class, each as its library writes it."""
     import pandas as pd
     from scipy import sparse
-    from sklearn import ensemble, linear_model, neighbors, tree
+    from sklearn import ensemble, linear_model, neighbors, svm, tree
+    from sklearn.feature_extraction import text
 
     rng = np.random.RandomState(0)
     x = rng.normal(size=(60, 3))
@@ -512,6 +542,14 @@ def _library_objects() -> dict[str, object]:
         "ball_tree": neighbors.BallTree(x, leaf_size=4),
         "k_neighbors_kd": neighbors.KNeighborsClassifier(algorithm="kd_tree").fit(x, y),
         "sgd_modified_huber": linear_model.SGDClassifier(loss="modified_huber").fit(x, y),
+        "svc_probability": svm.SVC(probability=True).fit(x, y),
+        "svc_precomputed": svm.SVC(kernel="precomputed").fit(x @ x.T, y),
+        "svc_sparse": svm.SVC().fit(sparse.csr_matrix(x), y),
+        "svr": svm.SVR().fit(x, x[:, 0]),
+        "vectorizers_pruned": [
+            text.CountVectorizer(max_features=3).fit(DOCUMENTS),
+            text.TfidfVectorizer(min_df=2).fit(DOCUMENTS),
+        ],
         "sparse": [
             sparse.random(30, 20, density=0.1, format=f, random_state=0)
             for f in ("csr", "csc", "coo")

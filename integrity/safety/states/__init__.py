@@ -97,6 +97,8 @@ def _load_validators() -> None:
         scipy_sparse,
         sklearn_losses,
         sklearn_neighbors,
+        sklearn_svm,
+        sklearn_text,
         sklearn_tree,
         stdlib_reconstructor,
         stdlib_values,

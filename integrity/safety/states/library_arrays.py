@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from integrity.safety.states import UnsafeState
+from integrity.safety.states.numpy_dtype import bytes_of, dtype_of
 from integrity.safety.symbols import ArrayValue, Global, Obj, SDict, SList
 
 MAX_INDEX = (1 << 63) - 1  # an intp
@@ -76,6 +77,24 @@ def plain_int(value: Any, what: str, low: int = 0, high: int = MAX_INDEX) -> int
     if type(value) is not int or not low <= value <= high:
         raise UnsafeState(f"{what} is not an int in [{low}, {high}]")
     return value
+
+
+def integer(value: Any) -> int | None:
+    """A plain int, or the value of a numpy integer scalar (numpy.int64(3) pickles as
+    `scalar(dtype, bytes)`); None for anything else."""
+    if type(value) is int:
+        return value
+    if not isinstance(value, Obj) or value.callable.name != "scalar" or len(value.args) != 2:
+        return None
+    try:
+        dtype = dtype_of(value.args[0])
+    except UnsafeState:
+        return None
+    found = bytes_of(value.args[1])
+    if dtype.kind not in "iu" or found is None or found[1] is None:
+        return None
+    big = dtype.byteorder == ">" or (dtype.byteorder in "=|" and sys.byteorder == "big")
+    return int.from_bytes(found[1], "big" if big else "little", signed=dtype.kind == "i")
 
 
 def plain_number(value: Any, what: str) -> float:
