@@ -17,7 +17,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import joblib
 import numpy as np
@@ -26,8 +26,9 @@ import pytest
 from integrity.safety.arrays import read_joblib_array
 from integrity.safety.pickle_vm import PickleMachine
 from integrity.safety.scanner import scan_path
+from integrity.safety.states import UnsafeState, numpy_dtype
 from integrity.safety.streams import FileSource
-from integrity.safety.symbols import ArrayValue, SDict
+from integrity.safety.symbols import ArrayValue, Global, Obj, SDict
 
 _RECONSTRUCT = np._core.multiarray._reconstruct  # type: ignore[attr-defined]
 
@@ -190,3 +191,576 @@ def loads_in_subprocess(data: bytes, then: str, tmp_path: Path) -> subprocess.Co
 
 def crashed(run: subprocess.CompletedProcess[str]) -> bool:
     return run.returncode in (-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGABRT)
+
+
+def ops(value: Any) -> bytes:
+    """The opcodes of a value at protocol 2 (no frames, no PROTO, no STOP): pieces
+    the tests join into pickles numpy's pickler would not write."""
+    return pickle.dumps(value, protocol=2)[2:-1]
+
+
+def whole(body: bytes) -> bytes:
+    return b"\x80\x02" + body + b"."
+
+
+def dtype(spec: str, state: Any, copy: bool = True) -> Reduce:
+    """numpy.dtype(spec, False, copy) with a BUILD of `state` (none if None)."""
+    return Reduce(np.dtype, (spec, False, copy), state)
+
+
+def array(dt: Any, shape: tuple[int, ...], raw: Any) -> Reduce:
+    """An ndarray as numpy pickles it: _reconstruct and a BUILD of its state."""
+    return Reduce(_RECONSTRUCT, (np.ndarray, (0,), b"b"), (1, shape, dt, False, raw))
+
+
+def struct_state(
+    fields: dict[str, tuple[Any, int]], itemsize: int, flags: int = 16
+) -> tuple[Any, ...]:
+    return (3, "|", None, tuple(fields), fields, itemsize, 1, flags)
+
+
+def unsafe(findings: list[str], why: str = "") -> bool:
+    """Whether the scan refused an unsafe state (for the reason `why` names)."""
+    return any(f.startswith("unsafe-state") and why in f for f in findings)
+
+
+# ---------------------------------------------------------------- the dtype model
+
+
+def _model(spec: str, copy: bool) -> numpy_dtype.Dtype:
+    made = numpy_dtype.dtype_call(Obj(Global("numpy", "dtype"), (spec, False, copy)))
+    model: numpy_dtype.Dtype = made.model
+    return model
+
+
+def _written_specs() -> set[str]:
+    """Every spec numpy's dtype.__reduce__ writes for its own types."""
+    specs = set()
+    for char in np.typecodes["All"] + "SUV":
+        real = np.dtype(char)
+        specs.add(real.__reduce__()[1][0])
+        if real.kind in "SUV":
+            specs.add(np.dtype(f"{char}7").__reduce__()[1][0])
+    return specs
+
+
+@pytest.mark.parametrize("copy", [False, True])
+@pytest.mark.parametrize("spec", sorted(_written_specs()))
+def test_dtype_spec_sizes_are_numpys_own(spec: str, copy: bool) -> None:
+    """Every spec numpy writes is modelled with numpy's own size, alignment, flags
+    and builtin-ness ('f4' is 4 bytes, 'O8' holds objects, 'S0' is shared)."""
+    real = np.dtype(spec, False, copy)
+    model = _model(spec, copy)
+    assert (model.kind, model.itemsize, model.alignment, model.flags, model.has_object) == (
+        real.kind,
+        real.itemsize,
+        real.alignment,
+        real.flags,
+        real.hasobject,
+    )
+    assert model.builtin == (real.isbuiltin == 1)
+
+
+@pytest.mark.parametrize(
+    "spec", ["c", "f", "b", "i", "M", "O", "a3", "S05", "U+3", "<f8", "f12", "O4"]
+)
+def test_dtype_specs_numpy_never_writes_are_refused(spec: str) -> None:
+    """'c' is S1 and 'b' int8 to numpy: a spec numpy never writes is not guessed at."""
+    with pytest.raises(UnsafeState):
+        _model(spec, True)
+
+
+@pytest.mark.parametrize("spec", ["f8", "i4", "O8", "b1", "S0", "U0", "V0"])
+def test_shared_descriptor_ignores_its_state_as_numpy_does(spec: str) -> None:
+    """dtype(spec, False, False) is numpy's shared descriptor: its __setstate__
+    returns at once. The model keeps numpy's size and flags whatever the state says."""
+    state = (3, ">", None, None, None, 64, 8, 63)
+    real = np.dtype(spec, False, False)
+    before = (real.itemsize, real.flags)
+    real.__setstate__(state)  # type: ignore[attr-defined]
+    assert (real.itemsize, real.flags) == before
+    target = numpy_dtype.dtype_call(Obj(Global("numpy", "dtype"), (spec, False, False)))
+    built = numpy_dtype.dtype_build(target, state)
+    assert isinstance(built, numpy_dtype.DtypeObj)
+    assert (built.model.itemsize, built.model.flags) == before
+
+
+def _real_dtypes() -> dict[str, np.dtype[Any]]:
+    return {
+        "float": np.dtype("f8"),
+        "big_endian": np.dtype(">i4"),
+        "unicode": np.dtype("<U7"),
+        "bytes": np.dtype("S5"),
+        "void": np.dtype("V3"),
+        "object": np.dtype("O"),
+        "datetime_ns": np.dtype("M8[ns]"),
+        "timedelta_25s": np.dtype("m8[25s]"),
+        "structured": np.dtype([("a", "<i4"), ("b", ">f8"), ("c", "U2")]),
+        "aligned": np.dtype([("a", "i1"), ("b", "<f8"), ("c", "i2")], align=True),
+        "nested": np.dtype([("n", [("x", "i2"), ("o", "O")]), ("z", "f4")]),
+        "subarray": np.dtype(("<f4", (2, 3))),
+        "subarray_field": np.dtype([("m", "<i8", (3,)), ("k", "u1")]),
+        "object_subarray": np.dtype(("O", (2,))),
+        "offsets": np.dtype(
+            {"names": ["x", "y"], "formats": ["<i2", "<i2"], "offsets": [6, 0], "itemsize": 12}
+        ),
+        "overlapping": np.dtype(
+            {"names": ["x", "y"], "formats": ["<i4", "<i2"], "offsets": [0, 2]}
+        ),
+        "titles": np.dtype([(("A title", "a"), "<i4"), ("b", "u1")]),
+        "metadata": np.dtype("f8", metadata={"unit": "m"}),
+        "empty": np.dtype([]),
+        "aligned_nested": np.dtype([("p", [("a", "i1"), ("b", "<i8")]), ("q", "i1")], align=True),
+    }
+
+
+def _same_layout(model: numpy_dtype.Dtype, real: np.dtype[Any]) -> None:
+    assert (model.kind, model.itemsize, model.alignment, model.has_object) == (
+        real.kind,
+        real.itemsize,
+        real.alignment,
+        real.hasobject,
+    )
+    assert model.flags == real.flags
+    if real.names is None:
+        assert model.fields is None
+    else:
+        assert model.fields is not None
+        assert [f.name for f in model.fields] == list(real.names)
+        for field in model.fields:
+            assert real.fields is not None
+            field_dtype, offset = real.fields[field.name][:2]
+            assert field.offset == offset
+            _same_layout(field.dtype, field_dtype)
+    if real.subdtype is None:
+        assert model.subarray is None
+    else:
+        assert model.subarray is not None and model.subarray[1] == real.subdtype[1]
+        _same_layout(model.subarray[0], real.subdtype[0])
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+@pytest.mark.parametrize("name", sorted(_real_dtypes()))
+def test_real_dtypes_pass_with_numpys_layout(name: str, protocol: int, tmp_path: Path) -> None:
+    """dtypes numpy writes, of every kind, pass and are modelled exactly: item size,
+    alignment, flags, objects, field offsets, subarrays."""
+    real = _real_dtypes()[name]
+    value = symbolic(pickle.dumps(real, protocol=protocol), tmp_path)
+    assert isinstance(value, numpy_dtype.DtypeObj)
+    _same_layout(value.model, real)
+    assert scan(pickle.dumps(np.zeros(3, dtype=real), protocol=protocol), tmp_path) == []
+    if real.itemsize:  # joblib cannot dump an array of empty items
+        assert scan(joblib_bytes(np.zeros(3, dtype=real)), tmp_path, "model.joblib") == []
+
+
+def test_numpy1_aligned_struct_flags_are_read_as_numpy_reads_them(tmp_path: Path) -> None:
+    """numpy 1.x wrote an aligned struct's flags as a signed char (-112): numpy reads
+    that as 16, without the aligned bit; both forms pass."""
+    fields = {"a": (np.dtype("i1"), 0), "b": (np.dtype("<f8"), 8)}
+    for flags in (144, -112, 16):
+        state = (3, "|", None, ("a", "b"), fields, 16, 8, flags)
+        value = symbolic(pickle.dumps(dtype("V16", state), protocol=2), tmp_path)
+        assert value.model.flags == (144 if flags == 144 else 16)
+
+
+# ---------------------------------------------------------------- numpy 1.x pickles
+
+
+def test_pickles_numpy_1_wrote_pass(tmp_path: Path) -> None:
+    """Arrays of every dtype kind, masked arrays, scalars and random generators as
+    numpy 1.26 pickled them (numpy.core names, legacy generator states) pass."""
+    import base64
+
+    from numpy1_pickles import PICKLES
+
+    assert len(PICKLES) >= 40
+    for name, text in PICKLES.items():
+        assert scan(base64.b64decode(text), tmp_path) == [], name
+
+
+def test_numpy_2_arrays_scalars_and_generators_pass(tmp_path: Path) -> None:
+    """(numpy 2 names Philox and SFC64 by class, which the allow-list does not hold.)"""
+    values = {
+        "masked": np.ma.masked_array([1.0, 2.0], mask=[False, True]),
+        "masked_objects": np.ma.masked_array(np.array(["a", 1], dtype=object), mask=[True, False]),
+        "scalars": (
+            np.float64(1.5),
+            np.int32(-3),
+            np.str_("ab"),
+            np.datetime64("2020-01-01"),
+            np.void(b"xy"),
+        ),
+        "random_state": np.random.RandomState(0),
+        "generator": np.random.default_rng(0),
+        "mt19937": np.random.Generator(np.random.MT19937(2)),
+        "seed_sequence": np.random.SeedSequence(5),
+    }
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        assert scan(pickle.dumps(values, protocol=protocol), tmp_path) == [], protocol
+    assert scan(joblib_bytes(values), tmp_path, "model.joblib") == []
+
+
+# ---------------------------------------------------------------- refused dtype states
+# Each: the state numpy trusts, what stock pickle.load then suffers (in a child
+# process), and the scanner's refusal.
+
+_FAR = 1 << 30  # an offset or size far outside any small buffer: a reliable crash
+
+
+def _refused_and_crashes(payload: Any, then: str, tmp_path: Path, why: str) -> None:
+    data = pickle.dumps(payload, protocol=4)
+    assert unsafe(scan(data, tmp_path), why), scan(data, tmp_path)
+    run = loads_in_subprocess(data, then, tmp_path)
+    assert crashed(run), (run.returncode, run.stderr[-500:])
+
+
+def test_object_dtype_with_flags_zero_is_refused(tmp_path: Path) -> None:
+    """An object dtype whose flags deny objects: numpy copies raw bytes where it keeps
+    object pointers, and dereferences the attacker's 0x4141... on first use."""
+    bad = dtype("O8", (3, "|", None, None, None, -1, -1, 0))
+    _refused_and_crashes(array(bad, (1,), b"\x41" * 8), "print(repr(value[0]))", tmp_path, "flags")
+
+
+def test_struct_with_object_field_but_no_object_flags_is_refused(tmp_path: Path) -> None:
+    fields = {"a": (np.dtype("<i8"), 0), "b": (np.dtype("O"), 8)}
+    bad = dtype("V16", struct_state(fields, 16, flags=16))  # numpy computes 27
+    raw = b"\x00" * 8 + b"\x41" * 8
+    _refused_and_crashes(array(bad, (1,), raw), "print(repr(value[0]['b']))", tmp_path, "flags")
+
+
+def test_flags_claiming_objects_on_plain_data_are_refused(tmp_path: Path) -> None:
+    """The other way round: object flags on a dtype of plain bytes (numpy would treat
+    the bytes as references). Refused without a crash to show: numpy never writes it."""
+    bad = dtype("f8", (3, "<", None, None, None, -1, -1, 63))
+    assert unsafe(scan(pickle.dumps(array(bad, (1,), [1.5]), protocol=4), tmp_path))
+
+
+def test_field_outside_the_item_is_refused(tmp_path: Path) -> None:
+    bad = dtype("V8", struct_state({"a": (np.dtype("<i8"), _FAR)}, 8))
+    _refused_and_crashes(array(bad, (1,), b"\x00" * 8), "print(value['a'][0])", tmp_path, "outside")
+
+
+def test_fields_on_a_numeric_dtype_are_refused(tmp_path: Path) -> None:
+    """numpy sets whatever fields it is given, on any copied descriptor: a float with
+    a field far past its 8 bytes."""
+    state = (3, "<", None, ("a",), {"a": (np.dtype("<i8"), _FAR)}, -1, -1, 16)
+    bad = dtype("f8", state)
+    _refused_and_crashes(
+        array(bad, (1,), b"\x00" * 8), "print(value['a'][0])", tmp_path, "given fields"
+    )
+
+
+def test_subarray_larger_than_its_item_is_refused(tmp_path: Path) -> None:
+    """A subarray dtype of 8 bytes claiming 2**28 float64s: a field of that type views
+    2 GiB past the array."""
+    sub = dtype("V8", (3, "|", (np.dtype("<f8"), (1 << 28,)), None, None, 8, 8, 0))
+    bad = dtype("V8", struct_state({"a": (sub, 0)}, 8))
+    _refused_and_crashes(
+        array(bad, (1,), b"\x00" * 8), "print(value['a'][0, -1])", tmp_path, "subarray"
+    )
+
+
+def test_datetime_state_without_its_unit_is_refused(tmp_path: Path) -> None:
+    """A datetime dtype with a version 3 state: numpy reads the unit from a metadata
+    tuple it was never given (a NULL pointer) while loading."""
+    bad = dtype("M8", (3, "<", None, None, None, -1, -1, 0))
+    _refused_and_crashes(array(bad, (1,), b"\x00" * 8), "print(value)", tmp_path, "unit")
+
+
+def test_object_field_overlapping_another_field_is_refused(tmp_path: Path) -> None:
+    """Writing the int field rewrites the object pointer it overlaps: numpy
+    dereferences the written value."""
+    fields = {"o": (np.dtype("O"), 0), "i": (np.dtype("<i8"), 0)}
+    bad = dtype("V8", struct_state(fields, 8, flags=27))
+    _refused_and_crashes(
+        array(bad, (1,), [(None, 0)]),
+        "value['i'][0] = 0x4141414141414141; print(repr(value['o'][0]))",
+        tmp_path,
+        "overlap",
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "state"),
+    [
+        # names that are not the field keys
+        ("V8", (3, "|", None, ("a", "b"), {"a": (np.dtype("<i8"), 0)}, 8, 1, 16)),
+        (
+            "V8",
+            (3, "|", None, ("a",), {"a": (np.dtype("<i8"), 0), "b": (np.dtype("i1"), 0)}, 8, 1, 16),
+        ),
+        # a unicode size that is not whole characters, a size disagreeing with the spec
+        ("U3", (3, "<", None, None, None, 13, 4, 8)),
+        ("V8", (3, "|", None, None, None, 16, 1, 0)),
+        # an alignment numpy never computes for these fields
+        (
+            "V16",
+            (
+                3,
+                "|",
+                None,
+                ("a", "b"),
+                {"a": (np.dtype("i1"), 0), "b": (np.dtype("<f8"), 4)},
+                16,
+                8,
+                16,
+            ),
+        ),
+        ("V8", (3, "|", None, None, None, 8, 4, 0)),
+        # a size for a type whose size numpy fixes; a version numpy never writes
+        ("f4", (3, "<", None, None, None, 8, 8, 0)),
+        ("f8", (2, "<", None, None, None, -1, -1, 0)),
+        ("i8", (3, "x", None, None, None, -1, -1, 0)),
+    ],
+)
+def test_inconsistent_dtype_states_are_refused(spec: str, state: Any, tmp_path: Path) -> None:
+    data = pickle.dumps(array(dtype(spec, state), (0,), b""), protocol=4)
+    assert unsafe(scan(data, tmp_path))
+
+
+def test_every_dtype_in_a_pickle_is_checked_not_only_joblibs(tmp_path: Path) -> None:
+    """A bad dtype anywhere (an estimator's parameter, a dict value) is refused."""
+    bad = dtype("O8", (3, "|", None, None, None, -1, -1, 0))
+    assert unsafe(scan(pickle.dumps({"params": {"dtype": bad}}, protocol=4), tmp_path))
+    assert unsafe(scan(joblib_bytes({"dtype": bad}), tmp_path, "model.joblib"))
+
+
+def test_dtype_built_twice_is_refused(tmp_path: Path) -> None:
+    """numpy's __setstate__ keeps the fields of the first state when the second has
+    none: a consistent 1 GiB struct shrunk to 8 bytes keeps its far field."""
+    first = struct_state({"a": (np.dtype("<i8"), _FAR)}, _FAR + 8)
+    second = (3, "|", None, None, None, 8, 1, 16)
+    shrunk = ops(dtype(f"V{_FAR + 8}", first)) + ops(second) + b"b"
+    state = b"(" + ops(1) + ops((1,)) + shrunk + ops(False) + ops(b"\x00" * 8) + b"t"
+    data = whole(ops(_RECONSTRUCT) + ops((np.ndarray, (0,), b"b")) + b"R" + state + b"b")
+    assert unsafe(scan(data, tmp_path), "built twice")
+    run = loads_in_subprocess(data, "print(value['a'][0])", tmp_path)
+    assert crashed(run), (run.returncode, run.stderr[-500:])
+
+
+def test_dtype_built_after_an_array_used_it_is_refused(tmp_path: Path) -> None:
+    """The array is checked with the dtype as it was; a later BUILD changes the
+    descriptor the array shares: fields far outside its 8-byte items."""
+    memo = 200
+    unbuilt = ops(dtype("V8", None)) + b"q" + bytes([memo]) + b"0"
+    state = b"(" + ops(1) + ops((1,)) + b"h" + bytes([memo]) + ops(False) + ops(b"\x00" * 8) + b"t"
+    made = ops(_RECONSTRUCT) + ops((np.ndarray, (0,), b"b")) + b"R" + state + b"b"
+    late = b"h" + bytes([memo]) + ops(struct_state({"a": (np.dtype("<i8"), _FAR)}, 8)) + b"b0"
+    data = whole(unbuilt + made + late)
+    assert unsafe(scan(data, tmp_path), "built after an array")
+    run = loads_in_subprocess(data, "print(value['a'][0])", tmp_path)
+    assert crashed(run), (run.returncode, run.stderr[-500:])
+
+
+# ---------------------------------------------------------------- joblib's byte count
+
+
+def _joblib_with_payload(dt: Reduce, count: int, data: bytes) -> bytes:
+    """A joblib file holding one array of `count` items of `dt`, with `data` as its
+    bytes, then a call of builtins.print that joblib runs after reading them."""
+    import malicious_corpus as mc
+
+    wrapper_state = {
+        "subclass": np.ndarray,
+        "shape": (count,),
+        "order": "C",
+        "dtype": dt,
+        "allow_mmap": False,
+    }
+    wrapper = (
+        mc.sglobal("joblib.numpy_pickle", "NumpyArrayWrapper")
+        + mc.EMPTY_TUPLE
+        + mc.NEWOBJ
+        + ops(wrapper_state)
+        + mc.BUILD
+    )
+    payload = mc.call(mc.sglobal("builtins", "print"), mc.ustr("PAYLOAD RAN")) + b"0"
+    return mc.proto(4) + wrapper + data + payload + mc.STOP
+
+
+def _joblib_runs_payload(data: bytes, tmp_path: Path) -> bool:
+    path = tmp_path / "payload.joblib"
+    path.write_bytes(data)
+    code = f"import joblib; joblib.load({str(path)!r})"
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    return "PAYLOAD RAN" in run.stdout
+
+
+def test_shared_descriptor_state_does_not_move_joblibs_data_end(tmp_path: Path) -> None:
+    """dtype('f8', False, False) is numpy's shared descriptor: its state (size 16) is
+    ignored, joblib reads 8 bytes per item and runs what follows. The scanner reads
+    as joblib does, and sees the call."""
+    dt = dtype("f8", (3, "<", None, None, None, 16, 8, 0), copy=False)
+    data = _joblib_with_payload(dt, 4, b"\x00" * 32)
+    assert _joblib_runs_payload(data, tmp_path)
+    findings = scan(data, tmp_path, "model.joblib")
+    assert any("builtins.print" in f for f in findings), findings
+
+
+def test_size_from_state_for_a_fixed_type_is_refused(tmp_path: Path) -> None:
+    """'f4' is 4 bytes whatever its state says (numpy ignores elsize for it): a scanner
+    skipping 8 bytes per item would hide the call joblib runs. Refused outright."""
+    dt = dtype("f4", (3, "<", None, None, None, 8, 8, 0))
+    data = _joblib_with_payload(dt, 4, b"\x00" * 16)
+    # joblib reads 16 bytes (4 × 4), then runs the call placed right after them.
+    assert _joblib_runs_payload(data, tmp_path)
+    assert unsafe(scan(data, tmp_path, "model.joblib"), "whose size numpy fixes")
+
+
+@pytest.mark.parametrize("name", sorted(_real_dtypes()))
+def test_joblib_array_byte_count_is_joblibs(name: str, tmp_path: Path) -> None:
+    """For real dtypes, the bytes the scanner consumes for an array are the bytes
+    joblib reads: the model's item size times the count is the array's nbytes."""
+    real = _real_dtypes()[name]
+    if real.hasobject or not real.itemsize:
+        return  # an object array is a nested pickle; an empty item holds no bytes
+    values = np.zeros(5, dtype=real)
+    value = symbolic(joblib_bytes(values), tmp_path, joblib_file=True)
+    assert isinstance(value, ArrayValue)
+    assert value.nbytes == values.nbytes
+
+
+# ---------------------------------------------------------------- ndarray, scalar, masked
+
+
+def test_object_array_list_shorter_than_its_shape_is_refused(tmp_path: Path) -> None:
+    """numpy's _setlist_pkl takes one list item per element without checking the
+    list's length: a 4-million-element array from a one-item list reads far past it."""
+    _refused_and_crashes(
+        array(np.dtype("O"), (1 << 22,), [1]), "print(value[-1])", tmp_path, "one item per element"
+    )
+
+
+def test_array_data_of_the_wrong_length_is_refused(tmp_path: Path) -> None:
+    """numpy 2 refuses data whose length is not shape × itemsize; the scanner does too
+    (whatever numpy version loads the file)."""
+    data = pickle.dumps(array(np.dtype("<i8"), (4,), b"\x00" * 8), protocol=4)
+    assert unsafe(scan(data, tmp_path), "length")
+    assert "buffer size does not match" in loads_in_subprocess(data, "", tmp_path).stderr
+
+
+def test_array_of_a_dtype_that_is_not_a_dtype_is_refused(tmp_path: Path) -> None:
+    data = pickle.dumps(array(np.float64, (1,), b"\x00" * 8), protocol=4)
+    assert unsafe(scan(data, tmp_path), "not a numpy.dtype")
+
+
+def test_array_class_called_directly_is_refused(tmp_path: Path) -> None:
+    """ndarray(shape, dtype, buffer, offset, strides) is never how numpy pickles an
+    array: the scanner would have to trust the offset and strides."""
+    data = pickle.dumps(Reduce(np.ndarray, ((2,), np.dtype("u1"), b"ab", 0, (1,))), protocol=4)
+    assert unsafe(scan(data, tmp_path), "called directly")
+
+
+def test_array_built_twice_is_refused(tmp_path: Path) -> None:
+    again = (
+        ops(array(np.dtype("u1"), (2,), b"ab"))
+        + ops((1, (2 << 20,), np.dtype("u1"), False, b""))
+        + b"b"
+    )
+    assert unsafe(scan(whole(again), tmp_path), "already built")
+
+
+def test_scalar_with_short_data_is_refused(tmp_path: Path) -> None:
+    """numpy refuses scalar data shorter than the item; the scanner wants exactly one
+    item, as numpy writes."""
+    scalar = np._core.multiarray.scalar  # type: ignore[attr-defined]
+    for raw in (b"\x00" * 4, b"\x00" * 9):
+        data = pickle.dumps(Reduce(scalar, (np.dtype("<f8"), raw)), protocol=4)
+        assert unsafe(scan(data, tmp_path), "exactly one item")
+    short = pickle.dumps(Reduce(scalar, (np.dtype("<f8"), b"\x00" * 4)), protocol=4)
+    assert "too small" in loads_in_subprocess(short, "", tmp_path).stderr
+
+
+def test_scalar_of_an_object_dtype_without_object_flags_is_refused(tmp_path: Path) -> None:
+    """scalar() reads the data of a dtype without the pointer flag as raw bytes."""
+    scalar = np._core.multiarray.scalar  # type: ignore[attr-defined]
+    bad = dtype("O8", (3, "|", None, None, None, -1, -1, 0))
+    data = pickle.dumps(Reduce(scalar, (bad, b"\x41" * 8)), protocol=4)
+    assert unsafe(scan(data, tmp_path), "flags")
+    assert crashed(loads_in_subprocess(data, "print(repr(value))", tmp_path))
+
+
+def test_masked_array_mask_of_the_wrong_length_is_refused(tmp_path: Path) -> None:
+    real = np.ma.masked_array([1.0, 2.0, 3.0], mask=[False, True, False])
+    func, args, state = cast("tuple[Any, tuple[Any, ...], tuple[Any, ...]]", real.__reduce__())
+    short = Reduce(func, args, (*state[:5], b"\x00", *state[6:]))
+    data = pickle.dumps(short, protocol=4)
+    assert unsafe(scan(data, tmp_path), "mask")
+    assert scan(pickle.dumps(Reduce(func, args, state), protocol=4), tmp_path) == []
+
+
+# ---------------------------------------------------------------- random generators
+
+_PICKLE_HELPERS = np.random._pickle  # type: ignore[attr-defined]
+_BIT_GENERATOR_CTOR = getattr(_PICKLE_HELPERS, "__bit_generator_ctor")
+_RANDOMSTATE_CTOR = getattr(_PICKLE_HELPERS, "__randomstate_ctor")
+_GENERATOR_CTOR = getattr(_PICKLE_HELPERS, "__generator_ctor")
+
+
+@pytest.mark.parametrize("pos", [625, 1 << 30, -1])
+def test_mt19937_position_out_of_range_is_refused(pos: int, tmp_path: Path) -> None:
+    """MT19937's next draw reads key[pos] unchecked: the first draw crashes."""
+    state = np.random.MT19937(0).state
+    state["state"]["pos"] = pos
+    for payload in (
+        Reduce(_BIT_GENERATOR_CTOR, ("MT19937",), state),  # numpy 1.x's form
+        Reduce(_BIT_GENERATOR_CTOR, (np.random.MT19937,), (state, None)),  # numpy 2's
+    ):
+        data = pickle.dumps(payload, protocol=4)
+        assert unsafe(scan(data, tmp_path), "MT19937 pos")
+    if pos == 1 << 30:
+        run = loads_in_subprocess(data, "print(np.random.Generator(value).random())", tmp_path)
+        assert crashed(run), (run.returncode, run.stderr[-500:])
+
+
+def test_randomstate_with_mt19937_position_out_of_range_is_refused(tmp_path: Path) -> None:
+    state = np.random.RandomState(0).get_state(legacy=False)
+    state["state"]["pos"] = 1 << 30
+    for args in (("MT19937", _BIT_GENERATOR_CTOR), (np.random.MT19937(0),)):
+        data = pickle.dumps(Reduce(_RANDOMSTATE_CTOR, args, state), protocol=4)
+        assert unsafe(scan(data, tmp_path), "MT19937 pos")
+    run = loads_in_subprocess(data, "print(value.random_sample())", tmp_path)
+    assert crashed(run), (run.returncode, run.stderr[-500:])
+
+
+def test_philox_buffer_position_out_of_range_is_refused(tmp_path: Path) -> None:
+    """Philox draws buffer[buffer_pos] while it is below 4: a negative one reads
+    before the buffer."""
+    state = np.random.Philox(0).state
+    state["buffer_pos"] = -(1 << 28)
+    data = pickle.dumps(Reduce(_BIT_GENERATOR_CTOR, ("Philox",), state), protocol=4)
+    assert unsafe(scan(data, tmp_path), "buffer_pos")
+    run = loads_in_subprocess(data, "print(np.random.Generator(value).integers(1 << 62))", tmp_path)
+    assert crashed(run), (run.returncode, run.stderr[-500:])
+
+
+def test_generator_state_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
+    """numpy 1.x's Generator form hands its state to the named bit generator: a key
+    of the wrong length or dtype is not numpy's."""
+    state = np.random.MT19937(0).state
+    state["state"]["key"] = np.zeros(10, dtype=np.uint32)
+    data = pickle.dumps(
+        Reduce(_GENERATOR_CTOR, ("MT19937", _BIT_GENERATOR_CTOR), state), protocol=4
+    )
+    assert unsafe(scan(data, tmp_path), "MT19937 key")
+
+
+def test_generator_ctors_call_only_numpys_generators(tmp_path: Path) -> None:
+    """__generator_ctor calls the constructor it is handed, __bit_generator_ctor any
+    class: only numpy's own are allowed there."""
+    for payload in (
+        Reduce(_GENERATOR_CTOR, ("MT19937", np.dtype)),
+        Reduce(_BIT_GENERATOR_CTOR, (np.ndarray,)),
+        Reduce(_BIT_GENERATOR_CTOR, ("Nonexistent",)),
+    ):
+        assert unsafe(scan(pickle.dumps(payload, protocol=4), tmp_path)), payload.args
+
+
+def test_seed_sequence_pool_of_the_wrong_size_is_refused(tmp_path: Path) -> None:
+    real = np.random.SeedSequence(5)
+    func, args, state = cast("tuple[Any, tuple[Any, ...], tuple[Any, ...]]", real.__reduce__())
+    bad = Reduce(func, args, (state[0], state[1], np.zeros(2, dtype=np.uint32), 4, state[4]))
+    assert unsafe(scan(pickle.dumps(bad, protocol=4), tmp_path), "SeedSequence pool")
+    assert scan(pickle.dumps(real, protocol=4), tmp_path) == []

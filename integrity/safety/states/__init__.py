@@ -92,6 +92,7 @@ def _load_validators() -> None:
     from integrity.safety.states import (  # noqa: F401
         numpy_array,
         numpy_dtype,
+        numpy_random,
         pandas_arrays,
         pandas_internals,
         scipy_sparse,
