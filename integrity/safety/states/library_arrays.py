@@ -19,6 +19,13 @@ from integrity.safety.symbols import ArrayValue, Global, Obj, SDict, SList
 MAX_INDEX = (1 << 63) - 1  # an intp
 
 
+def no_keywords(made: Obj) -> None:
+    """The libraries' pickles never call with keyword arguments (NEWOBJ_EX): a keyword
+    would pass around the positional arguments a call validator checks."""
+    if made.keywords is not None and (made.keywords.items or made.keywords.other):
+        raise UnsafeState(f"{made.callable.qualified} called with keyword arguments")
+
+
 def array(value: Any, what: str, ndim: int | None = None) -> ArrayValue:
     """The ndarray a state holds, built, with `ndim` dimensions when given."""
     if not isinstance(value, ArrayValue) or not value.built or value.dtype is None:

@@ -20,6 +20,7 @@ from integrity.safety.states.library_arrays import (
     ints,
     keep,
     made_class,
+    no_keywords,
     plain_int,
 )
 from integrity.safety.states.numpy_dtype import dtype_of
@@ -42,6 +43,7 @@ UNPICKLE = "pandas._libs.arrays:__pyx_unpickle_NDArrayBacked"
 
 @on_call(UNPICKLE)
 def unpickle_backed_call(made: Obj) -> Obj:
+    no_keywords(made)
     if len(made.args) != 3 or made.args[0] not in BACKED:
         raise UnsafeState("NDArrayBacked's unpickle helper makes only pandas' own arrays")
     plain_int(made.args[1], "Cython unpickle checksum")

@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from integrity.safety.states import UnsafeState, on_build, on_call
-from integrity.safety.states.library_arrays import array, hold, ints, keep, plain_int
+from integrity.safety.states.library_arrays import array, hold, ints, keep, no_keywords, plain_int
 from integrity.safety.symbols import ArrayValue, Global, Obj, SDict, SList
 
 SLICE = Global("builtins", "slice")
@@ -94,6 +94,7 @@ def _check_blocks(blocks: list[tuple[Any, Any, int]], items: int | None, what: s
 
 @on_call("pandas.core.indexes.base:_new_Index")
 def new_index_call(made: Obj) -> Obj:
+    no_keywords(made)
     # _new_Index(cls, fields) reads the dict once: later changes to the pickle's dict
     # do not reach the Index, so the length read from it is taken now.
     if len(made.args) == 2 and isinstance(made.args[1], SDict):
@@ -105,6 +106,7 @@ def new_index_call(made: Obj) -> Obj:
 
 @on_call("pandas._libs.internals:_unpickle_block")
 def unpickle_block_call(made: Obj) -> Obj:
+    no_keywords(made)
     if len(made.args) != 3:
         raise UnsafeState("_unpickle_block takes (values, placement, ndim)")
     values, locations, ndim = made.args
@@ -119,6 +121,7 @@ def unpickle_block_call(made: Obj) -> Obj:
 
 @on_call("pandas.core.internals.managers:BlockManager")
 def block_manager_call(made: Obj) -> Obj:
+    no_keywords(made)
     # BlockManager(blocks, axes): pandas verifies the total, not the positions.
     if len(made.args) != 2:
         raise UnsafeState("BlockManager is made with (blocks, axes)")

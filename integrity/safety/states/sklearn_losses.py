@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from integrity.safety.states import UnsafeState, on_build, on_call
-from integrity.safety.states.library_arrays import keep, plain_int, plain_number
+from integrity.safety.states.library_arrays import keep, no_keywords, plain_int, plain_number
 from integrity.safety.states.stdlib_reconstructor import build_as_made_class
 from integrity.safety.symbols import Global, Obj
 
@@ -41,6 +41,7 @@ def _numbers(values: Any, what: str) -> None:
 @on_call(*(f"{_LOSS}:{name}" for name in CY_LOSSES))
 @on_call(*(f"sklearn.linear_model._sgd_fast:{name}" for name in SGD_LOSSES))
 def loss_call(made: Obj) -> Obj:
+    no_keywords(made)
     if len(made.args) > 1:
         raise UnsafeState("a loss is made with at most one number (its parameter)")
     _numbers(made.args, "a loss's parameter")
@@ -49,6 +50,7 @@ def loss_call(made: Obj) -> Obj:
 
 @on_call(*(f"{_LOSS}:__pyx_unpickle_{name}" for name in CY_LOSSES))
 def cython_unpickle_call(made: Obj) -> Obj:
+    no_keywords(made)
     # __pyx_unpickle_X(cls, checksum, state): makes X.__new__(cls), sets the state.
     own = Global(_LOSS, made.callable.name.removeprefix("__pyx_unpickle_"))
     if len(made.args) != 3 or made.args[0] != own:

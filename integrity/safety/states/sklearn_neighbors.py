@@ -23,6 +23,7 @@ from integrity.safety.states.library_arrays import (
     ints,
     keep,
     made_class,
+    no_keywords,
     plain_int,
     plain_number,
 )
@@ -43,6 +44,7 @@ NEW_OBJ = {
 
 @on_call(*(f"{g.module}:{g.name}" for g in NEW_OBJ))
 def new_obj_call(made: Obj) -> Obj:
+    no_keywords(made)
     if len(made.args) != 1 or made.args[0] not in NEW_OBJ[made.callable]:
         raise UnsafeState("newObj makes only the classes scikit-learn writes it for")
     return made

@@ -33,6 +33,7 @@ from integrity.safety.states.library_arrays import (
     ints,
     keep,
     made_class,
+    no_keywords,
     plain_int,
     state_dict,
 )
@@ -69,6 +70,7 @@ BIN_MAPPER = Global(f"{_HGB}.binning", "_BinMapper")
 
 @on_call("sklearn.tree._tree:Tree")
 def tree_call(made: Obj) -> Obj:
+    no_keywords(made)
     # Tree(n_features, n_classes, n_outputs): __cinit__ copies n_outputs class counts.
     if len(made.args) != 3:
         raise UnsafeState("Tree is made with (n_features, n_classes, n_outputs)")

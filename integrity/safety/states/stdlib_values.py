@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from integrity.safety.states import UnsafeState, on_build, on_call
-from integrity.safety.states.library_arrays import keep
+from integrity.safety.states.library_arrays import keep, no_keywords
 from integrity.safety.symbols import Obj, SDict, SList
 
 # Bounds on numbers given as text or as ints: far beyond any value a model carries,
@@ -65,6 +65,7 @@ def _small_int(value: Any, what: str) -> None:
 
 @on_call("decimal:Decimal")
 def decimal_call(made: Obj) -> Obj:
+    no_keywords(made)
     # Decimal.__reduce__ writes (str(self),).
     if len(made.args) != 1:
         raise UnsafeState("Decimal is built from one text argument")
@@ -74,6 +75,7 @@ def decimal_call(made: Obj) -> Obj:
 
 @on_call("fractions:Fraction")
 def fraction_call(made: Obj) -> Obj:
+    no_keywords(made)
     # Python 3 writes (numerator, denominator); Python 2 wrote (str(self),).
     args = made.args
     if len(args) == 1 and type(args[0]) is str:
@@ -88,6 +90,7 @@ def fraction_call(made: Obj) -> Obj:
 
 @on_call("collections:Counter")
 def counter_call(made: Obj) -> Obj:
+    no_keywords(made)
     # Counter.__reduce__ writes (dict(self),); any other iterable is counted item by item.
     if made.args and (len(made.args) != 1 or not isinstance(made.args[0], SDict)):
         raise UnsafeState("Counter is built from a dict (its counts), nothing else")
@@ -96,6 +99,7 @@ def counter_call(made: Obj) -> Obj:
 
 @on_call("collections:deque")
 def deque_call(made: Obj) -> Obj:
+    no_keywords(made)
     # deque.__reduce__ writes () or ((), maxlen) and appends the items; an
     # iterable argument other than a list or tuple (a huge range) would be walked.
     args = made.args
@@ -110,6 +114,7 @@ def deque_call(made: Obj) -> Obj:
 
 @on_call("types:SimpleNamespace")
 def namespace_call(made: Obj) -> Obj:
+    no_keywords(made)
     # Written as SimpleNamespace() plus its attributes as state; from Python 3.13
     # a positional argument is a mapping or iterable it walks.
     if made.args:
@@ -119,6 +124,7 @@ def namespace_call(made: Obj) -> Obj:
 
 @on_call("pathlib:PurePosixPath", "pathlib:PureWindowsPath")
 def pure_path_call(made: Obj) -> Obj:
+    no_keywords(made)
     # PurePath.__reduce__ writes the path's parts; anything but text is asked for
     # its __fspath__.
     if not all(type(part) is str for part in made.args):
@@ -128,6 +134,7 @@ def pure_path_call(made: Obj) -> Obj:
 
 @on_call("builtins:int", "builtins:float", "builtins:bool")
 def number_type_call(made: Obj) -> Obj:
+    no_keywords(made)
     # The types themselves are what pipelines carry (a dtype parameter); called,
     # they must convert plain values, not ask an object for its number.
     if len(made.args) > 2 or not all(
