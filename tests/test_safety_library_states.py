@@ -664,8 +664,6 @@ def test_field_integers_read_by_the_validators_are_numpys(
 def test_keyword_arguments_are_refused(tmp_path: Path) -> None:
     # NEWOBJ_EX: Fraction.__new__(Fraction, 1, denominator=3). Python never writes
     # keywords for these types; a keyword passes around what the validator checks.
-    data = (
-        b"\x80\x04\x8c\tfractions\x8c\x08Fraction\x93K\x01\x85}\x8c\x0bdenominatorK\x03s\x92."
-    )
+    data = b"\x80\x04\x8c\tfractions\x8c\x08Fraction\x93K\x01\x85}\x8c\x0bdenominatorK\x03s\x92."
     assert [op.name for op, _, _ in pickletools.genops(data)][-2:] == ["NEWOBJ_EX", "STOP"]
     assert any("keyword" in message for message in unsafe_states(scan_bytes(data, tmp_path)))
