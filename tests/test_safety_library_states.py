@@ -200,7 +200,7 @@ def _tree_estimator_wider_than_its_check() -> bytes:
     return pickle.dumps(model, 4)
 
 
-def _ensemble_wider_than_its_check(kind: str) -> bytes:
+def _ensemble_wider_than_its_check(kind: str, writer: str = "pickle") -> bytes:
     from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
 
     x = np.random.RandomState(0).normal(size=(40, 3))
@@ -213,6 +213,14 @@ def _ensemble_wider_than_its_check(kind: str) -> bytes:
     for tree in trees:
         tree.tree_ = _wide_tree(tree.tree_)
         tree.n_features_in_ = WIDE  # the tree estimator agrees with its tree
+    if writer == "joblib":
+        import io
+
+        import joblib
+
+        buffer = io.BytesIO()
+        joblib.dump(model, buffer)
+        return buffer.getvalue()
     return pickle.dumps(model, 4)
 
 
@@ -667,3 +675,10 @@ def test_keyword_arguments_are_refused(tmp_path: Path) -> None:
     data = b"\x80\x04\x8c\tfractions\x8c\x08Fraction\x93K\x01\x85}\x8c\x0bdenominatorK\x03s\x92."
     assert [op.name for op, _, _ in pickletools.genops(data)][-2:] == ["NEWOBJ_EX", "STOP"]
     assert any("keyword" in message for message in unsafe_states(scan_bytes(data, tmp_path)))
+
+
+def test_joblib_object_array_is_checked_as_what_its_nested_pickle_makes(tmp_path: Path) -> None:
+    # joblib writes GradientBoosting's estimators_ as an object array: a nested pickle the
+    # wrapper stands for. Its trees are the ones the ensemble is checked against.
+    result = scan_bytes(_ensemble_wider_than_its_check("boosting", "joblib"), tmp_path)
+    assert [m for m in unsafe_states(result) if "different number of features" in m]
