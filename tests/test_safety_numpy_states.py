@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import random
 import signal
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from typing import Any, cast
 import joblib
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from integrity.safety.arrays import read_joblib_array
 from integrity.safety.pickle_vm import PickleMachine
@@ -764,3 +767,173 @@ def test_seed_sequence_pool_of_the_wrong_size_is_refused(tmp_path: Path) -> None
     bad = Reduce(func, args, (state[0], state[1], np.zeros(2, dtype=np.uint32), 4, state[4]))
     assert unsafe(scan(pickle.dumps(bad, protocol=4), tmp_path), "SeedSequence pool")
     assert scan(pickle.dumps(real, protocol=4), tmp_path) == []
+
+
+# ---------------------------------------------------------------- generated dtypes
+
+_LEAVES = ["<i1", "<i2", ">i4", "<i8", "<u2", "<f4", ">f8", "<c8", "?", "S3", "<U2", "O", "V2"]
+_LEAVES += ["<M8[s]", "<m8[7ms]"]
+
+
+def _structured(children: st.SearchStrategy[np.dtype[Any]]) -> st.SearchStrategy[np.dtype[Any]]:
+    fields = st.lists(children, min_size=1, max_size=4)
+    packed = st.tuples(fields, st.booleans()).map(
+        lambda t: np.dtype([(f"f{i}", d) for i, d in enumerate(t[0])], align=t[1])
+    )
+    # Explicit offsets with gaps and a padded item (numpy's dict form).
+    gapped = st.tuples(fields, st.lists(st.integers(0, 5), min_size=5, max_size=5)).map(
+        lambda t: _gapped(t[0], t[1])
+    )
+    subarray = st.tuples(children, st.lists(st.integers(1, 3), min_size=1, max_size=2)).map(
+        lambda t: np.dtype((t[0], tuple(t[1])))
+    )
+    return st.one_of(packed, gapped, subarray)
+
+
+def _gapped(fields: list[np.dtype[Any]], gaps: list[int]) -> np.dtype[Any]:
+    offsets, end = [], 0
+    for field, gap in zip(fields, gaps, strict=False):
+        offsets.append(end + gap)
+        end += gap + field.itemsize
+    return np.dtype(
+        {
+            "names": [f"g{i}" for i in range(len(fields))],
+            "formats": fields,
+            "offsets": offsets,
+            "itemsize": end + gaps[-1],
+        }
+    )
+
+
+_DTYPES = st.recursive(st.sampled_from(_LEAVES).map(np.dtype), _structured, max_leaves=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(real=_DTYPES, protocol=st.sampled_from([2, 4, 5]))
+def test_generated_dtypes_are_modelled_exactly(real: np.dtype[Any], protocol: int) -> None:
+    """Any dtype numpy builds (nested, aligned, gapped, subarrays, objects, datetimes)
+    is modelled as numpy holds it, and an array of it scans clean."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        tmp_path = Path(folder)
+        value = symbolic(pickle.dumps(real, protocol=protocol), tmp_path)
+        assert isinstance(value, numpy_dtype.DtypeObj)
+        _same_layout(value.model, real)
+        assert scan(pickle.dumps(np.zeros(2, dtype=real), protocol=protocol), tmp_path) == []
+
+
+def test_joblib_object_array_is_an_array_value(tmp_path: Path) -> None:
+    """joblib pickles an object array inside its file: the value is that array."""
+    value = symbolic(
+        joblib_bytes(np.array([1, "a", None], dtype=object)), tmp_path, joblib_file=True
+    )
+    assert isinstance(value, ArrayValue) and value.shape == (3,)
+    assert value.objects is not None and value.ints() is None
+
+
+def test_reconstruct_before_its_build_is_numpys_placeholder(tmp_path: Path) -> None:
+    """_reconstruct alone makes an empty int8 array: modelled as that, not built."""
+    data = pickle.dumps(Reduce(_RECONSTRUCT, (np.ndarray, (0,), b"b")), protocol=4)
+    value = symbolic(data, tmp_path)
+    assert isinstance(value, ArrayValue) and not value.built
+    assert value.shape == (0,) and value.ints() == []
+
+
+# ---------------------------------------------------------------- differential: mutated states
+
+
+def _mutations(rng: random.Random, state: tuple[Any, ...]) -> tuple[Any, ...]:
+    """One random change to a dtype state numpy wrote: a size, an alignment, flags,
+    an offset, a subarray shape, a byte order, a version."""
+    mutated = list(state)
+    choice = rng.randrange(7)
+    if choice == 0:
+        mutated[5] = max(-1, state[5] + rng.choice([-8, -4, -1, 1, 4, 8, 1 << 20]))
+    elif choice == 1:
+        mutated[6] = rng.choice([-1, 1, 2, 4, 8, 16, 3])
+    elif choice == 2:
+        mutated[7] = rng.choice([0, 8, 16, 24, 27, 63, 144, -112, 155, 1])
+    elif choice == 3 and state[4] is not None and state[3]:
+        name = rng.choice(state[3])
+        fields = dict(state[4])
+        field = fields[name]
+        fields[name] = (field[0], max(0, field[1] + rng.choice([-8, -1, 1, 4, 8, 1 << 20])))
+        mutated[4] = fields
+    elif choice == 4 and state[2] is not None:
+        base, shape = state[2]
+        mutated[2] = (base, tuple(n + rng.choice([-1, 1, 7]) for n in shape))
+    elif choice == 5:
+        mutated[1] = rng.choice(["<", ">", "|", "="])
+    else:
+        mutated[0] = rng.choice([1, 2, 3, 4, 5])
+    return tuple(mutated)
+
+
+def _zero(model: numpy_dtype.Dtype) -> Any:
+    """An item numpy's setitem takes for a dtype holding objects (a list pickle)."""
+    if model.fields is not None:
+        return tuple(_zero(field.dtype) for field in model.fields)
+    if model.subarray is not None:
+        base, shape = model.subarray
+        item = _zero(base)
+        for n in reversed(shape):
+            item = [item] * n
+        return item
+    return {"O": None, "U": "", "S": b"", "V": b""}.get(model.kind, 0)
+
+
+def test_states_the_scanner_passes_do_not_hurt_numpy(tmp_path: Path) -> None:
+    """Differential: random mutations of real dtype states. Every array the scanner
+    passes loads in a child process with exactly the item size and object flag the
+    scanner modelled, and survives touching every field; the rest are refused."""
+    rng = random.Random(20261201)
+    reals = [d for d in _real_dtypes().values() if not d.isbuiltin]
+    passed: list[tuple[bytes, int, bool]] = []
+    refused = 0
+    for _ in range(400):
+        real = rng.choice(reals)
+        _, args, state = cast("tuple[Any, tuple[Any, ...], tuple[Any, ...]]", real.__reduce__())
+        candidate = dtype(args[0], _mutations(rng, state))
+        if scan(pickle.dumps(candidate, protocol=2), tmp_path):
+            refused += 1
+            continue
+        value = symbolic(pickle.dumps(candidate, protocol=2), tmp_path)
+        assert isinstance(value, numpy_dtype.DtypeObj)
+        model = value.model
+        raw: Any = [_zero(model)] * 2 if model.has_object else b"\x00" * (2 * model.itemsize)
+        data = pickle.dumps(array(candidate, (2,), raw), protocol=2)
+        assert scan(data, tmp_path) == []
+        passed.append((data, model.itemsize, model.has_object))
+    assert passed and refused, (len(passed), refused)
+    folder = tmp_path / "passed"
+    folder.mkdir()
+    for i, (data, _, _) in enumerate(passed):
+        (folder / f"{i}.pkl").write_bytes(data)
+    code = textwrap.dedent(
+        f"""
+        import pickle, sys
+        for i in range({len(passed)}):
+            with open(f"{folder}/{{i}}.pkl", "rb") as f:
+                try:
+                    value = pickle.load(f)
+                except Exception as exc:  # numpy 1.x refuses flags above 127
+                    print("refused", type(exc).__name__)
+                    continue
+            uses = [value.tobytes, lambda: repr(value), value.copy, value.tolist]
+            for name in value.dtype.names or ():
+                uses += [lambda n=name: value[n].copy(), lambda n=name: repr(value[n])]
+            for use in uses:
+                try:  # numpy may refuse a use (an exception); it must not crash
+                    use()
+                except Exception:
+                    pass
+            print(value.dtype.itemsize, value.dtype.hasobject)
+        """
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert run.returncode == 0, run.stderr[-1000:]
+    seen = [tuple(line.split()) for line in run.stdout.splitlines()]
+    assert seen == [(str(size), str(has)) for _, size, has in passed]

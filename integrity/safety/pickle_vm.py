@@ -231,8 +231,12 @@ class PickleMachine:
             raise self._truncated()
         return line[:-1]
 
+    def _keeps(self, n: int) -> bool:
+        """Whether n bytes of content are kept (a look-ahead keeps none)."""
+        return not self.readonly and self.budget.take(n)
+
     def _read_bytes_arg(self, n: int, kind: str) -> Any:
-        if n <= MAX_KEPT or (kind in ("bytes", "string") and self.budget.take(n)):
+        if n <= MAX_KEPT or (kind in ("bytes", "string") and self._keeps(n)):
             return self.read(n)
         self.skip(n)
         return Opaque(kind, n)
@@ -596,7 +600,7 @@ def _binbytes8(vm: PickleMachine, offset: int) -> None:
 def _bytearray8(vm: PickleMachine, offset: int) -> None:
     (n,) = struct.unpack("<Q", vm.read(8))
     # Mutable: never taken for bytes. Kept within the budget (protocol 5 array data).
-    data = vm.read(n) if vm.budget.take(n) else None
+    data = vm.read(n) if vm._keeps(n) else None
     if data is None:
         vm.skip(n)
     vm.push(Opaque("bytearray", n, data))

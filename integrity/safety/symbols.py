@@ -117,8 +117,8 @@ class ArrayValue(Obj):
     data is read (`callable` numpy.ndarray), `numpy.core.multiarray._reconstruct` /
     `numpy._core.multiarray._reconstruct` once its BUILD set the state
     (version, shape, dtype, is_fortran, rawdata), `_frombuffer` (protocol 5).
-    Until its BUILD, a `_reconstruct` array is `built=False` with no dtype; a
-    validator must refuse an array that is not built.
+    Until its BUILD, a `_reconstruct` array is what numpy makes first, an empty
+    int8 array of shape (0,), with `built=False`.
 
     - `dtype`: the descriptor numpy holds (`states.numpy_dtype.Dtype`: kind,
       itemsize, byteorder, fields (name, dtype, offset), subarray, has_object);

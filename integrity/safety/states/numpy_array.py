@@ -26,6 +26,7 @@ from typing import Any
 
 from integrity.safety.states import UnsafeState, on_build, on_call
 from integrity.safety.states.numpy_dtype import (
+    INT8,
     MAX_DIMS,
     Dtype,
     bytes_of,
@@ -75,7 +76,7 @@ def reconstruct_call(made: Obj) -> ArrayValue:
         raise UnsafeState(
             "_reconstruct called with arguments numpy never writes (it writes ndarray, (0,), b'b')"
         )
-    return ArrayValue(made.callable, ())
+    return _placeholder(made)
 
 
 @on_call(_MARECONSTRUCT)
@@ -88,7 +89,12 @@ def mareconstruct_call(made: Obj) -> ArrayValue:
         raise UnsafeState("_mareconstruct called with classes numpy never writes")
     if not _is_b(typecode):
         raise UnsafeState("_mareconstruct called with a typecode numpy never writes")
-    return ArrayValue(made.callable, ())
+    return _placeholder(made)
+
+
+def _placeholder(made: Obj) -> ArrayValue:
+    """What the call makes before its BUILD: an empty int8 array of shape (0,)."""
+    return ArrayValue(made.callable, (), dtype=INT8, shape=(0,), data=b"")
 
 
 @on_call("numpy:ndarray", *(f"{g.module}:{g.name}" for g in MASKED_ARRAYS))

@@ -126,6 +126,9 @@ class Dtype:
         return None
 
 
+INT8 = Dtype("i", 1, "|", 1, 0, builtin=True)  # _reconstruct's placeholder dtype
+
+
 @dataclass
 class DtypeObj(Obj):
     """The symbol a numpy.dtype call pushes: the call, and the descriptor numpy holds."""

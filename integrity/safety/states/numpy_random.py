@@ -178,29 +178,38 @@ def bit_generator_build(target: Obj, state: Any) -> Obj:
     return target
 
 
+def _is_bit_generator(value: Any) -> bool:
+    return isinstance(value, Obj) and (
+        value.callable == BIT_GENERATOR_CTOR or value.callable in _CLASSES
+    )
+
+
+def _kind_under(target: Obj, cls: str) -> str:
+    """The bit generator under a Generator or RandomState: made by numpy's ctor helper,
+    or by the class itself (Generator(bit generator), RandomState(seed or bit
+    generator); a seed makes an MT19937)."""
+    if target.callable.name != cls:
+        return _ctor_args(target)
+    if target.keywords or len(target.args) > 1:
+        raise UnsafeState(f"{cls} made with arguments numpy never writes")
+    first = target.args[0] if target.args else None
+    if _is_bit_generator(first):
+        return _kind_of_object(first)
+    if cls == "RandomState":
+        return "MT19937"
+    raise UnsafeState("Generator made without a bit generator")
+
+
 @on_build(f"{_PICKLE}:__generator_ctor", "numpy.random._generator:Generator")
 def generator_build(target: Obj, state: Any) -> Obj:
-    if target.callable.name == "Generator":
-        if target.keywords or len(target.args) != 1:
-            raise UnsafeState("Generator made with arguments numpy never writes")
-        kind = _kind_of_object(target.args[0])
-    else:
-        kind = _ctor_args(target)
-    check_bit_generator_state(kind, state)
+    check_bit_generator_state(_kind_under(target, "Generator"), state)
     target.state = state
     return target
 
 
 @on_build(f"{_PICKLE}:__randomstate_ctor", "numpy.random.mtrand:RandomState")
 def randomstate_build(target: Obj, state: Any) -> Obj:
-    if target.callable.name == "RandomState":
-        # RandomState(seed) makes an MT19937; RandomState(bit generator) takes it.
-        if target.keywords or len(target.args) > 1:
-            raise UnsafeState("RandomState made with arguments numpy never writes")
-        seed = target.args[0] if target.args else None
-        kind = _kind_of_object(seed) if isinstance(seed, Obj) else "MT19937"
-    else:
-        kind = _ctor_args(target)
+    kind = _kind_under(target, "RandomState")
     if isinstance(state, tuple):
         check_bit_generator_state(kind, state)  # set_state's legacy tuple
     else:
