@@ -40,7 +40,16 @@ from typing import Any, Protocol
 
 from integrity.safety import states
 from integrity.safety.streams import Source, StreamError
-from integrity.safety.symbols import ContentBudget, Global, Obj, Opaque, SDict, SList, SSet
+from integrity.safety.symbols import (
+    ArrayValue,
+    ContentBudget,
+    Global,
+    Obj,
+    Opaque,
+    SDict,
+    SList,
+    SSet,
+)
 
 MAX_LINE = 1 << 20  # protocol 0 text arguments; longer lines are refused
 MAX_KEPT = 1 << 16  # byte/str arguments longer than this are skipped, kept as opaque
@@ -860,6 +869,21 @@ def _frozenset(vm: PickleMachine, offset: int) -> None:
 
 def _container_target(vm: PickleMachine, kinds: tuple[type, ...], what: str, offset: int) -> Any:
     target = vm.top()
+    if isinstance(target, ArrayValue):
+        # ndarray.__setitem__ and friends: the content the state validators read would
+        # not be the content the library is given.
+        raise vm._fail(
+            "indirect-call",
+            f"{what} on an ndarray: it would change the array after the scanner read it",
+            offset,
+        )
+    if isinstance(target, SList) and target.checked:
+        raise vm._fail(
+            "indirect-call",
+            f"{what} on a list an object holds since its state was checked: it would "
+            "change that object after the scanner checked it",
+            offset,
+        )
     if isinstance(target, kinds) and not isinstance(target, SFrozenSet):
         return target
     raise vm._fail(
@@ -933,6 +957,23 @@ def _setitem(vm: PickleMachine, offset: int) -> None:
     target = _container_target(vm, (SDict, SList, Obj), "SETITEM", offset)
     if isinstance(target, SDict):
         _set_items(vm, target, [key, value])
+    if isinstance(target, SList):
+        _list_assign(vm, target, key, value, offset)
+
+
+def _list_assign(vm: PickleMachine, target: SList, key: Any, value: Any, offset: int) -> None:
+    """list[key] = value, followed: the list may still be what an object is built from
+    (a forest's trees), and the validators must see what the object will hold."""
+    if type(key) is int and -len(target.items) <= key < len(target.items):
+        target.items[key] = value
+        return
+    raise vm._fail(
+        "malformed",
+        f"SETITEM on a list with key {_describe(key)}: not an index the scanner follows",
+        offset,
+        # Anything but an int or a slice fails in list.__setitem__.
+        REFUSED if isinstance(key, Obj | Opaque) else FAILS,
+    )
 
 
 @_op(b"u")
@@ -951,6 +992,9 @@ def _setitems(vm: PickleMachine, offset: int) -> None:
         )
     if isinstance(target, SDict):
         _set_items(vm, target, items)
+    if isinstance(target, SList):
+        for i in range(0, len(items), 2):
+            _list_assign(vm, target, items[i], items[i + 1], offset)
 
 
 @_op(b"\x90")

@@ -51,6 +51,9 @@ class Opaque:
 @dataclass
 class SList:
     items: list[Any] = field(default_factory=list)
+    # A state validator checked an object holding this list (by reference): the
+    # pickle may not change it any more.
+    checked: bool = False
 
 
 @dataclass
