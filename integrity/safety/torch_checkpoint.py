@@ -433,16 +433,22 @@ def _no_globals(use: Any) -> None:
 def scan_legacy(scan: _Scan, fd: int, size: int) -> None:
     """The legacy format, read as torch.load reads it: every pickle, then the raw storages."""
     source = FileSource(fd, size)
+
+    def next_pickle(load: PersistentLoad | None = None) -> _Outcome:
+        if source.tell() >= size:
+            return _Outcome(False)  # pickle.load raises EOFError: torch.load stops there
+        return _run(scan, source, load, torch=load is not None)
+
     for expected in (MAGIC_NUMBER, PROTOCOL_VERSION, None):
-        outcome = _run(scan, source, None, torch=False)
+        outcome = next_pickle()
         if not outcome.ok:
             return
         if expected is not None and not (type(outcome.value) is int and outcome.value == expected):
             return  # torch.load raises here: nothing after it is read
     declared = _Declared()
-    if not _run(scan, source, _legacy_persistent_load(declared), torch=True).ok:
+    if not next_pickle(_legacy_persistent_load(declared)).ok:
         return
-    keys = _run(scan, source, None, torch=False)
+    keys = next_pickle()
     if not keys.ok:
         return
     here = source.tell()
