@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from integrity.cli import main
+from integrity.safety import archives
 from integrity.safety.archives import is_tar_header
 from integrity.safety.scanner import ScanResult, scan_path
 
@@ -347,7 +348,7 @@ def test_gzipped_pickle_is_still_scanned_as_joblib_reads_it(tmp_path: Path) -> N
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     cut=st.integers(min_value=0, max_value=len(EVIL_NPZ)),
@@ -363,3 +364,52 @@ def test_mutated_zip_always_gets_a_report(
     result = scan_bytes(tmp_path, bytes(data[: max(cut, 4)]))
     assert isinstance(result, ScanResult)
     assert result.format
+
+
+DIRECTORY = EVIL_NPZ.find(b"PK\x01\x02")
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    at=st.lists(st.integers(min_value=DIRECTORY, max_value=len(EVIL_NPZ) - 1), max_size=4),
+    value=st.sampled_from([0, 1, 0x20, 0x40, 0x7F, 0x80, 0xFF]),
+)
+def test_mutated_central_directory_always_gets_a_report(
+    at: list[int], value: int, tmp_path: Path
+) -> None:
+    # Offsets, sizes, name lengths and flags of the directory are what loaders trust.
+    data = bytearray(EVIL_NPZ)
+    for offset in at:
+        data[offset] = value
+    result = scan_bytes(tmp_path, bytes(data))
+    assert result.format in ("npz", "zip")
+    if bytes(data[DIRECTORY:]) == EVIL_NPZ[DIRECTORY:] or not at:
+        assert not result.safe  # unchanged: the payload is still found
+
+
+def overlapping(entries: int) -> bytes:
+    """One deflated member, listed `entries` times in the central directory (each entry
+    pointing at the same data): a bomb of overlapping members."""
+    data = make_zip(("m.pkl", bytes(1 << 20)), method=zipfile.ZIP_DEFLATED)
+    cd = data.find(b"PK\x01\x02")
+    end = data.find(b"PK\x05\x06")
+    entry = data[cd:end]
+    directory = b"".join(
+        entry[:28] + struct.pack("<H", len(f"m{n:04}.pkl")) + entry[30:46] + f"m{n:04}.pkl".encode()
+        for n in range(entries)
+    )
+    record = bytearray(data[end:])
+    struct.pack_into("<HHII", record, 8, entries, entries, len(directory), cd)
+    return data[:cd] + directory + bytes(record)
+
+
+def test_overlapping_members_are_bounded_in_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(archives, "MIN_BOUND", 1 << 20)  # a 1 MiB floor keeps the test fast
+    few = scan_bytes(tmp_path, overlapping(1))
+    assert "decompression-bomb" not in codes(few)
+    many = scan_bytes(tmp_path, overlapping(8))
+    assert any("beyond the bound in all" in f.message for f in many.findings)

@@ -250,6 +250,13 @@ def test_calling_a_storage_class_is_refused(tmp_path: Path) -> None:
     assert "unsafe-state" in codes(result)
 
 
+def test_build_on_a_rebuilt_tensor_is_refused(tmp_path: Path) -> None:
+    # BUILD calls Tensor.__setstate__, which re-points the tensor at any storage.
+    built = tensor() + tup(pid(), i(0), tup(i(6)), tup(i(1))) + b"b"
+    result = scan_bytes(tmp_path, torch_zip(obj(("w", built))))
+    assert "unsafe-state" in codes(result)
+
+
 def test_parameter_must_wrap_a_rebuilt_tensor(tmp_path: Path) -> None:
     good = g("torch._utils", "_rebuild_parameter") + tup(tensor(), b"\x88", HOOKS) + b"R"
     assert scan_bytes(tmp_path, torch_zip(obj(("p", good)))).safe

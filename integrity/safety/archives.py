@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -99,6 +98,7 @@ _ZIP_ERRORS = (
     struct.error,
     UnicodeDecodeError,
     OverflowError,
+    IndexError,
 )
 
 
@@ -242,8 +242,30 @@ class Member:
             return _inflated(fd, self.data_start, info.compress_size, info.file_size)
         return _zipfile_chunks(archive, info)
 
-    def source(self, fd: int, archive: zipfile.ZipFile) -> ChunkSource:
-        return ChunkSource(self.chunks(fd, archive))
+    def source(self, fd: int, archive: zipfile.ZipFile, budget: Budget) -> ChunkSource:
+        return ChunkSource(budget.metered(self.chunks(fd, archive)))
+
+
+class BudgetExhausted(StreamError):
+    """The archive's members, read so far, expand beyond the archive's bound."""
+
+
+class Budget:
+    """Bytes the scan of one archive may read out of its members, in all: members may
+    share their data (overlapping entries), so each member's own bound is not enough."""
+
+    def __init__(self, archive_size: int) -> None:
+        self.left = max(MIN_BOUND, archive_size * MAX_RATIO)
+
+    def metered(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self.left -= len(chunk)
+            if self.left < 0:
+                raise BudgetExhausted(
+                    "the archive's members expand beyond the bound in all: refused as a "
+                    "decompression bomb"
+                )
+            yield chunk
 
 
 def _zipfile_chunks(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterator[bytes]:
@@ -279,7 +301,11 @@ def scan_zip(scan: _Scan, fd: int, size: int, depth: int) -> None:
             scan.add("malformed", "zip archive has too many members", 0)
             return
         members = [Member(info, _raw_name(info)) for info in infos]
-        _check_layout(scan, archive, fd, size, members)
+        try:
+            _check_layout(scan, archive, fd, size, members)
+        except _ZIP_ERRORS as exc:
+            scan.add("malformed", f"zip archive cannot be read: {exc}", 0)
+            return
         torch_view = torch_checkpoint.zip_view([m.raw_name for m in members])
         names = {m.name for m in members}
         if "schema.json" in names:
@@ -301,10 +327,14 @@ def scan_zip(scan: _Scan, fd: int, size: int, depth: int) -> None:
             if torch_view is not None
             else {}
         )
+        budget = Budget(size)
         for member in members:
             scan.member = member.name
             try:
-                _scan_member(scan, fd, archive, member, torch_view, storages, depth)
+                _scan_member(scan, fd, archive, member, torch_view, storages, budget, depth)
+            except BudgetExhausted as exc:
+                scan.add("decompression-bomb", str(exc), None)
+                break
             except StreamError as exc:
                 scan.add("bad-compression", str(exc), None)
             except _ZIP_ERRORS as exc:
@@ -361,7 +391,8 @@ def _check_layout(
 
 def _read_local_header(scan: _Scan, fd: int, size: int, member: Member) -> None:
     info = member.info
-    header = os.pread(fd, _LOCAL_HEADER.size, info.header_offset)
+    inside = 0 <= info.header_offset < size
+    header = os.pread(fd, _LOCAL_HEADER.size, info.header_offset) if inside else b""
     if len(header) < _LOCAL_HEADER.size or header[:4] != _LOCAL_MAGIC:
         scan.add(
             "malformed",
@@ -427,10 +458,11 @@ def _scan_member(
     member: Member,
     torch_view: torch_checkpoint.ZipView | None,
     storages: dict[bytes, list[int]],
+    budget: Budget,
     depth: int,
 ) -> None:
     info = member.info
-    if info.is_dir() and info.file_size == 0:
+    if info.filename.endswith("/") and info.file_size == 0:
         return
     if _unreadable(scan, member):
         return
@@ -444,11 +476,13 @@ def _scan_member(
             info.header_offset,
         )
     if torch_view is not None and torch_view.is_pickle(member.raw_name):
-        torch_checkpoint.scan_data_pkl(scan, member.source(fd, archive), torch_view, storages)
+        torch_checkpoint.scan_data_pkl(
+            scan, member.source(fd, archive, budget), torch_view, storages
+        )
         return
     if torch_view is not None and torch_view.is_storage(member.raw_name):
         return  # raw tensor data, read only through a persistent id (checked there)
-    source = member.source(fd, archive)
+    source = member.source(fd, archive, budget)
     head = source.read(TAR_BLOCK)
     if head.startswith(NPY_MAGIC):
         from integrity.safety.scanner import _Pushback, _scan_npy
@@ -465,6 +499,8 @@ def _scan_member(
 def scan_nested(scan: _Scan, chunks: Iterator[bytes], name: str, depth: int) -> None:
     """A member that is a file of its own (a pickle, a joblib file, an archive): copied to a
     temporary file and scanned as one, its findings named by the member."""
+    import tempfile  # only here: it costs start-up time every scan would pay
+
     from integrity.safety.scanner import scan_fd
 
     if depth >= MAX_NESTING:
@@ -571,10 +607,12 @@ def _scan_tar(scan: _Scan, fd: int, depth: int) -> None:
     try:
         # As PyTorch's legacy loader opens it.
         with tarfile.open(fileobj=raw, mode="r:", format=tarfile.PAX_FORMAT) as tar:
-            members = tar.getmembers()
-            if len(members) > MAX_ZIP_MEMBERS:
-                scan.add("malformed", "tar archive has too many members", 0)
-                return
+            members = []
+            for member in tar:  # not getmembers(): the count is bounded as it is read
+                members.append(member)
+                if len(members) > MAX_ZIP_MEMBERS:
+                    scan.add("malformed", "tar archive has too many members", 0)
+                    return
             names = {m.name for m in members}
             if names & torch_checkpoint.TAR_RECORDS:
                 scan.result.format = "torch-tar"

@@ -300,7 +300,7 @@ def scan_fd(
     elif fmt == "zip":
         archives.scan_zip(scan, fd, size, depth)
     else:
-        if torch_checkpoint.is_legacy(fd, size):
+        if torch_checkpoint.is_legacy(fd):
             result.format = "torch-legacy"
             torch_checkpoint.scan_legacy(scan, fd, size)
         else:

@@ -23,6 +23,7 @@ tensors call rebuild functions this scanner does not vouch for.
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from collections.abc import Callable, Iterable, Iterator
@@ -154,6 +155,17 @@ class TorchStorage(Opaque):
 )
 def _never_called(made: Obj) -> Any:
     raise states.UnsafeState("torch.save only names it (a storage type or a dtype), never calls it")
+
+
+@states.on_build(
+    *(f"{g.module}:{g.name}" for g in (REBUILD_TENSOR_V2, REBUILD_TENSOR_V3, REBUILD_PARAMETER)),
+    "torch:device",
+    "torch:Size",
+)
+def _never_built(target: Obj, state: Any) -> Any:
+    # BUILD on a tensor calls Tensor.__setstate__, which re-points it at any storage and
+    # sets its hooks: torch.save never writes one.
+    raise states.UnsafeState("torch.save never sets state on what it rebuilds")
 
 
 def _is_index(value: Any) -> bool:
@@ -414,10 +426,12 @@ def scan_data_pkl(
 # ---------------------------------------------------------------- legacy format
 
 
-def is_legacy(fd: int, size: int) -> bool:
+def is_legacy(fd: int) -> bool:
     """The file opens with the pickled magic number of torch's legacy format."""
-    source = FileSource(fd, size)
-    vm = PickleMachine(source, _no_globals)
+    from integrity.safety.archives import ChunkSource
+
+    # The magic number's pickle is a few bytes: read no more than it may take.
+    vm = PickleMachine(ChunkSource(iter([os.pread(fd, 128, 0)])), _no_globals)
     vm.limit = 64
     try:
         value = vm.run()
