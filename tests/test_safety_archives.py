@@ -263,6 +263,8 @@ UNSCANNABLE_HEADS = {
     "cab": b"MSCF\x00\x00\x00\x00",
     "ar": b"!<arch>\n",
     "lzip": b"LZIP\x01",
+    "cpio_newc": b"07070100000001",
+    "cpio_odc": b"070707000001",
 }
 
 
@@ -281,7 +283,12 @@ def test_zstd_holding_a_pickle_is_unscannable_not_safe(tmp_path: Path) -> None:
 
 
 def test_text_files_stay_not_executable(tmp_path: Path) -> None:
-    for text in (b"sepal_length,sepal_width\n5.1,3.5\n", b"# notes\nplain text\n"):
+    for text in (
+        b"sepal_length,sepal_width\n5.1,3.5\n",
+        b"# notes\nplain text\n",
+        b"070701,5.1,3.5\n070702,4.9,3.0\n",  # not a cpio header
+        b"LZIPPED notes\n",
+    ):
         result = scan_bytes(tmp_path, text, "data.csv")
         assert result.safe and result.format == "not-pickle"
 

@@ -28,6 +28,7 @@ loader (numpy hands them back as bytes).
 from __future__ import annotations
 
 import os
+import re
 import struct
 import zipfile
 import zlib
@@ -54,18 +55,19 @@ UNSCANNABLE_MAGICS: tuple[tuple[bytes, str], ...] = (
     (b"Rar!\x1a\x07", "a RAR archive"),
     (b"\x28\xb5\x2f\xfd", "zstd-compressed data"),
     (b"\xff\x06\x00\x00sNaPpY", "snappy-compressed data"),
-    (b"LZIP", "lzip-compressed data"),
+    (b"LZIP\x01", "lzip-compressed data"),
     (b"\x89LZO\x00\r\n\x1a\n", "lzop-compressed data"),
     (b"\x1f\x9d", "compress (.Z) data"),
     (b"MSCF\x00\x00\x00\x00", "a Cabinet archive"),
     (b"!<arch>\n", "an ar archive"),
-    (b"070701", "a cpio archive"),
-    (b"070707", "a cpio archive"),
     (b"\xc7\x71", "a cpio archive"),
-    (b"xar!", "a xar archive"),
+    (b"xar!\x00\x1c", "a xar archive"),
     (b"PK\x07\x08", "a split zip archive"),
     (b"PK\x06\x06", "a zip archive without its start"),
 )
+# cpio's text headers: the magic, then fixed-width hex (newc, crc) or octal (odc) fields, so
+# that a CSV whose first number is 070701 is not taken for one.
+_CPIO_ASCII = re.compile(rb"^(07070[12][0-9A-Fa-f]{8}|070707[0-7]{6})")
 # Member names whose loaders unpickle them (pickle, joblib, torch.load): scanned as files.
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".jbl", ".pt", ".pth", ".ckpt", ".sav", ".dill")
 
@@ -108,6 +110,8 @@ def unscannable_kind(head: bytes) -> str | None:
     for magic, kind in UNSCANNABLE_MAGICS:
         if head.startswith(magic):
             return kind
+    if _CPIO_ASCII.match(head):
+        return "a cpio archive"
     if is_tar_header(head[:TAR_BLOCK]):
         return "a tar archive"
     if head.startswith(ZIP_MAGICS):
