@@ -196,6 +196,12 @@ def test_duplicate_member_names_every_copy_is_scanned(order: str, tmp_path: Path
     assert names_system(result)
 
 
+def test_names_differing_in_case_are_no_duplicates_to_numpy(tmp_path: Path) -> None:
+    data = make_zip(("a.npy", npy(np.arange(2.0))), ("A.npy", npy(np.ones(2))))
+    result = scan_bytes(tmp_path, data)
+    assert result.safe and result.format == "npz"
+
+
 def test_data_before_the_central_directory_says_is_a_finding(tmp_path: Path) -> None:
     # A junk member in front: zipfile reads past it (numpy), miniz refuses the archive.
     junk = make_zip(("hidden.pkl", BENIGN))

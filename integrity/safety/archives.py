@@ -241,7 +241,9 @@ class Member:
         assert self.data_start is not None
         info = self.info
         if info.compress_type == 0:
-            return _stored(fd, self.data_start, min(info.compress_size, info.file_size))
+            # miniz reads the uncompressed size (zipfile stops at the smaller of the two,
+            # which the same pickle reads no further into).
+            return _stored(fd, self.data_start, info.file_size)
         if info.compress_type == 8:
             return _inflated(fd, self.data_start, info.compress_size, info.file_size)
         return _zipfile_chunks(archive, info)
@@ -305,12 +307,12 @@ def scan_zip(scan: _Scan, fd: int, size: int, depth: int) -> None:
             scan.add("malformed", "zip archive has too many members", 0)
             return
         members = [Member(info, _raw_name(info)) for info in infos]
+        torch_view = torch_checkpoint.zip_view([m.raw_name for m in members])
         try:
-            _check_layout(scan, archive, fd, size, members)
+            _check_layout(scan, archive, fd, size, members, fold_case=torch_view is not None)
         except _ZIP_ERRORS as exc:
             scan.add("malformed", f"zip archive cannot be read: {exc}", 0)
             return
-        torch_view = torch_checkpoint.zip_view([m.raw_name for m in members])
         names = {m.name for m in members}
         if "schema.json" in names:
             scan.result.format = "skops"
@@ -347,10 +349,17 @@ def scan_zip(scan: _Scan, fd: int, size: int, depth: int) -> None:
 
 
 def _check_layout(
-    scan: _Scan, archive: zipfile.ZipFile, fd: int, size: int, members: list[Member]
+    scan: _Scan,
+    archive: zipfile.ZipFile,
+    fd: int,
+    size: int,
+    members: list[Member],
+    *,
+    fold_case: bool,
 ) -> None:
     """Findings for what the two loaders' zip readers disagree on; fills each member's data
-    start from its local header."""
+    start from its local header. `fold_case`: PyTorch reads the archive, and finds names
+    ignoring ASCII case."""
     end_record = zipfile._EndRecData(archive.fp)  # type: ignore[attr-defined]
     if end_record is not None:
         declared = end_record[6]  # _ECD_OFFSET: where the end record says the directory is
@@ -372,7 +381,7 @@ def _check_layout(
         )
     seen: dict[bytes, str] = {}
     for member in members:
-        key = member.raw_name.lower()  # PyTorch's reader finds names case-insensitively
+        key = member.raw_name.lower() if fold_case else member.raw_name
         if b"\0" in member.raw_name:
             scan.add(
                 "zip-layout",
@@ -383,9 +392,9 @@ def _check_layout(
         if key in seen:
             scan.add(
                 "duplicate-member",
-                f"members {seen[key]!r} and {member.name!r} have the same name (PyTorch "
-                "compares names ignoring case): which one a loader reads depends on the "
-                "loader; every copy is scanned",
+                f"members {seen[key]!r} and {member.name!r} have the same name"
+                f"{' to PyTorch, which ignores case' if fold_case else ''}: which one a "
+                "loader reads depends on the loader; every copy is scanned",
                 member.info.header_offset,
             )
         else:
@@ -427,7 +436,7 @@ def _read_local_header(scan: _Scan, fd: int, size: int, member: Member) -> None:
             "they read it), a streaming unzip reads the local header's",
             info.header_offset,
         )
-    if member.data_start + min(info.compress_size, size) > size:
+    if member.data_start + info.compress_size > size:
         scan.add("malformed", f"member {member.name!r} runs past the end of the file", None)
         member.data_start = None
 
