@@ -169,6 +169,12 @@ class ChunkSource:
         self._pos += len(out)
         return out
 
+    def peek(self, n: int) -> bytes:
+        """Up to n bytes ahead, left to be read."""
+        while len(self._buffer) - self._pos < n and self._fill():
+            pass
+        return self._buffer[self._pos : self._pos + n]
+
     def readline(self, limit: int) -> bytes:
         while True:
             end = self._buffer.find(b"\n", self._pos, self._pos + limit)
@@ -496,17 +502,17 @@ def _scan_member(
     if torch_view is not None and torch_view.is_storage(member.raw_name):
         return  # raw tensor data, read only through a persistent id (checked there)
     source = member.source(fd, archive, budget)
-    head = source.read(TAR_BLOCK)
+    head = source.peek(TAR_BLOCK)
     if head.startswith(NPY_MAGIC):
-        from integrity.safety.scanner import _Pushback, _scan_npy
+        from integrity.safety.scanner import _scan_npy
 
-        _scan_npy(scan, _Pushback(source, head), info.file_size)
+        _scan_npy(scan, source, info.file_size)
     elif (
         head[:1] == b"\x80"
         or member.name.lower().endswith(PICKLE_SUFFIXES)
         or unscannable_kind(head) is not None
     ):
-        scan_nested(scan, file_chunks(source, head), member.name, depth)
+        scan_nested(scan, file_chunks(source), member.name, depth)
 
 
 def scan_nested(scan: _Scan, chunks: Iterator[bytes], name: str, depth: int) -> None:

@@ -319,18 +319,19 @@ def _scan_compressed(scan: _Scan, fd: int, size: int, method: str) -> None:
     """A joblib-compressed pickle; an archive compressed the same way (a .tar.gz) is not
     one joblib loads, but may hold a pickle the scanner does not read."""
     try:
-        source: Source = DecompressingSource(fd, size, method)
-    except StreamError as exc:
+        peek: Source = DecompressingSource(fd, size, method)
+    except StreamError as exc:  # the method's module is not installed
         scan.add("unscannable", str(exc), 0)
         return
-    scan.decompressed = True
     try:
-        head = source.read(archives.TAR_BLOCK)
-    except StreamError as exc:
-        scan.add("bad-compression", str(exc), source.tell())
-        return
+        head = peek.read(archives.TAR_BLOCK)
+    except StreamError:
+        head = b""  # corrupt early: the pickle scan reports it after what it can read
+    scan.decompressed = True
     if not archives.compressed_container(scan, head, method):
-        scan.pickle_stream(_Pushback(source, head), sniff=False, joblib=True)
+        # A source of its own (it seeks the shared descriptor back to the start), so that
+        # the pickle is read at full speed rather than through a push-back wrapper.
+        scan.pickle_stream(DecompressingSource(fd, size, method), sniff=False, joblib=True)
 
 
 def _scan_legacy(scan: _Scan, fd: int, size: int) -> None:
