@@ -169,6 +169,10 @@ class PickleMachine:
         self.array_spans: list[tuple[int, int]] = []
         # Array content kept for the state validators (shared by nested machines).
         self.budget = ContentBudget()
+        # The loader's persistent_load, for formats whose loader passes one (PyTorch
+        # checkpoints): (machine, pid, offset) -> the symbol it pushes; it raises
+        # PickleError to refuse. None: no stock loader passes one, refused.
+        self.persistent_load: Callable[[PickleMachine, Any, int], Any] | None = None
 
     # ------------------------------------------------------------ reading
 
@@ -1359,18 +1363,31 @@ DICT_STATE_CLASSES.add(JOBLIB_WRAPPER)
 # ---- refused outright
 
 
-@_op(b"P")
-def _persid(vm: PickleMachine, offset: int) -> None:
-    raise vm._fail(
+def _no_persistent_load(vm: PickleMachine, offset: int) -> PickleError:
+    return vm._fail(
         "persistent-id",
         "persistent-id opcode: the loader would hand its argument to persistent_load",
         offset,
     )
 
 
+@_op(b"P")
+def _persid(vm: PickleMachine, offset: int) -> None:
+    if vm.persistent_load is None:
+        raise _no_persistent_load(vm, offset)
+    try:
+        pid = vm.readline().decode("ascii")
+    except UnicodeDecodeError:
+        raise vm._fail("malformed", "a persistent id is not ASCII", offset, FAILS) from None
+    vm.push(vm.persistent_load(vm, pid, offset))
+
+
 @_op(b"Q")
 def _binpersid(vm: PickleMachine, offset: int) -> None:
-    _persid(vm, offset)
+    if vm.persistent_load is None:
+        raise _no_persistent_load(vm, offset)
+    pid = vm.pop()
+    vm.push(vm.persistent_load(vm, pid, offset))
 
 
 def _ext(vm: PickleMachine, offset: int) -> None:
