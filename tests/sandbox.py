@@ -57,7 +57,6 @@ warnings.simplefilter("ignore")
 import joblib
 import joblib.numpy_pickle
 import numpy
-import sklearn
 from integrity.safety.allowlist import AllowList
 from integrity.safety.loader import load_model
 
