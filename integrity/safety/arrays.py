@@ -121,9 +121,11 @@ def read_joblib_array(vm: PickleMachine, wrapper: Obj, offset: int) -> Any:
         # (An object array's nested pickle is scanned as a pickle already; read
         # on by pickle.load, its memo gets would fetch the outer pickle's memo.)
         vm.shadow(vm)
+    start = vm.source.tell()
     if state.items.get("numpy_array_alignment_bytes") is not None:
         padding = vm.read(1)[0]
         vm.skip(padding)
     nbytes = count * itemsize
     vm.skip(nbytes)
+    vm.array_spans.append((start, vm.source.tell()))
     return Opaque("array", nbytes)

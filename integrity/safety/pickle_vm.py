@@ -152,6 +152,8 @@ class PickleMachine:
         # plain pickle.load would (it reads them as opcodes).
         self.shadow: Callable[[PickleMachine], None] | None = None
         self.opcodes = 0
+        # [start, end) of each block of raw array data skipped as joblib skips it.
+        self.array_spans: list[tuple[int, int]] = []
 
     # ------------------------------------------------------------ reading
 

@@ -93,6 +93,10 @@ class ScanResult:
     findings: list[ScanFinding] = field(default_factory=list)
     globals_used: list[GlobalUse] = field(default_factory=list)
     extended: dict[str, str] = field(default_factory=dict)  # user allow-list entries used
+    # [start, end) of every block of raw array data joblib.load skips (padding byte and
+    # padding included), in order, as offsets in the stream the loader reads (decompressed
+    # offsets for a compressed file).
+    array_spans: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def safe(self) -> bool:
@@ -162,6 +166,7 @@ class _Scan:
         try:
             vm.run()
         except PickleError as exc:
+            self.result.array_spans.extend(vm.array_spans)
             if (
                 sniff
                 and exc.nature == FAILS
@@ -174,8 +179,10 @@ class _Scan:
             self.add(exc.code, exc.message, exc.offset)
             return True
         except StreamError as exc:
+            self.result.array_spans.extend(vm.array_spans)
             self.add("bad-compression", str(exc), source.tell())
             return True
+        self.result.array_spans.extend(vm.array_spans)
         if not trailing_ok:
             self._trailing(source, joblib)
         return True
