@@ -17,7 +17,9 @@ jobs; a job is a file and a loader:
 
 Containment, in layers: `find_class` is gated for every unpickler (pickle's own, joblib's
 nested object-array unpicklers, this project's loader), it records each global and refuses
-one the scan did not report, so a scanner bug shows up as a refusal, never as code run; an
+one the scan did not report, so a scanner bug shows up as a refusal, never as code run (a
+global whose top-level module does not exist fails as a missing module, as it would
+unguarded: nothing can run there, whatever the scan said); an
 audit hook (`sys.addaudithook`) ends the process on a shell, a process, a socket or a file
 opened for writing while a job runs; the process runs with a scrubbed environment, an
 address-space limit and a CPU-time limit per job; a process killed by a signal is reported
@@ -51,7 +53,7 @@ Pair = tuple[str, str]
 # find_class imports (Python 2 names mapped below protocol 3, as `pickle._Unpickler`
 # does with fix_imports).
 LOADER_SOURCE = r"""
-import _compat_pickle, json, os, pickle, resource, signal, sys, warnings
+import _compat_pickle, importlib.util, json, os, pickle, resource, signal, sys, warnings
 
 warnings.simplefilter("ignore")
 import joblib
@@ -79,6 +81,17 @@ def python3(module, name):
         return _compat_pickle.IMPORT_MAPPING[module], name
     return module, name
 
+def importable(module):
+    # Whether the import could succeed, found without running anything: a module whose
+    # top-level package does not exist fails to import in the real loader too.
+    top = module.partition(".")[0]
+    if top in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
+
 def gate(candidates):
     # candidates: the names find_class may import, the most likely last.
     allowed = STATE["allowed"]
@@ -89,6 +102,8 @@ def gate(candidates):
         if candidate in allowed:
             STATE["resolved"].append(list(candidate))
             return
+    if not any(importable(module) for module, _ in candidates):
+        raise ModuleNotFoundError("no module named %r" % candidates[0][0])
     STATE["refused"].append(list(candidates[0]))
     raise Refused("%s.%s was not reported by the scan" % candidates[0])
 

@@ -389,6 +389,13 @@ class JoblibBuilder:
         return self.memo - 1
 
 
+# The same mechanisms met by the scanner's look-ahead through joblib array data.
+LOOKAHEAD_MECHANISM = {
+    "build-none-state-on-non-object": "lookahead-build-none-state",
+    "setitems-after-empty-mark": "lookahead-setitems-after-empty-mark",
+    "int-text-stops-at-nul": "lookahead-int-text-stops-at-nul",
+}
+UINT8 = dtype_ops("u1", False, True, None)
 _STATE_MECHANISM = {
     "copy-false": "shared-dtype-descriptor-ignores-state",
     "elsize": "fixed-size-dtype-itemsize-from-state",
@@ -481,10 +488,18 @@ def joblib_files(draw: st.DrawFn) -> Generated:
     b.parts.append(header + b"](")
     count = draw(st.integers(1, 3))
     for _ in range(count):
-        dtype = draw(dtypes())
-        shape = draw(st.sampled_from([(), (0,), (1,), (2,), (3,), (2, 2), (1, 3)]))
         b.parts.append(WRAPPER + b")\x81")
         index = b.memoize() if draw(st.booleans()) else None
+        if draw(st.integers(0, 5)) == 0:
+            # Array data that plain pickle.load reads as opcodes: a misleading opening,
+            # then a payload (joblib skips it all; the scanner's look-ahead follows it).
+            opening, known = draw(openings())
+            tags.update(known)
+            tags.update(LOOKAHEAD_MECHANISM.get(tag) for tag in known)
+            b.parts.append(wrapper_state((len(opening),), UINT8) + b"b" + opening)
+            continue
+        dtype = draw(dtypes())
+        shape = draw(st.sampled_from([(), (0,), (1,), (2,), (3,), (2, 2), (1, 3)]))
         state, tag = _wrapper_state(draw, dtype, shape)
         tags.add(tag)
         b.parts.append(state + b"b")
@@ -734,14 +749,18 @@ class Differential:
         return now is not None and now[0] == seen.kind
 
 
-def minimize(data: bytes, still_violates: Callable[[bytes], bool]) -> bytes:
-    """Delta debugging (ddmin) over bytes: the shortest input found that still violates."""
+def minimize(data: bytes, still_violates: Callable[[bytes], bool], tries: int = 400) -> bytes:
+    """Delta debugging (ddmin) over bytes: the shortest input found, in `tries` trials,
+    that still violates."""
     if not still_violates(data):
         return data  # not reproducible alone (it depended on the batch): keep it whole
     chunks = 2
-    while len(data) >= 2:
+    while len(data) >= 2 and tries > 0:
         size = math.ceil(len(data) / chunks)
         for start in range(0, len(data), size):
+            if tries <= 0:
+                return data
+            tries -= 1
             candidate = data[:start] + data[start + size :]
             if candidate and still_violates(candidate):
                 data = candidate
@@ -836,7 +855,6 @@ SHELL = b"cposix\nsystem\n(S'true'\ntR"  # posix.system('true'), one value pushe
 BENIGN_GLOBALS: frozenset[Pair] = frozenset(
     {("joblib.numpy_pickle", "NumpyArrayWrapper"), ("numpy", "dtype"), ("numpy", "ndarray")}
 )
-UINT8 = dtype_ops("u1", False, True, None)
 
 
 def _joblib_file(*parts: bytes) -> bytes:
