@@ -59,6 +59,7 @@ warnings.simplefilter("ignore")
 import joblib
 import joblib.numpy_pickle
 import numpy
+import sklearn  # imported once here, not within a job's time limit (it takes seconds)
 from integrity.safety.allowlist import AllowList
 from integrity.safety.loader import load_model
 
