@@ -35,11 +35,10 @@ SAFETY_FUZZ_SCALE=N multiplies the example counts (a campaign), SAFETY_FUZZ_REPO
 appends each test's figures to FILE as JSON lines.
 
 Bypasses these properties found are kept below as explicit cases, one per mechanism
-(`BYPASSES`), each marked xfail (strict) while its fix lives on another branch. The
+(`BYPASSES`): each is shown to fool its loaders and to be refused by the scan. The
 generators tag each input with the known mechanisms it uses; a violation of an input so
 tagged is counted but does not fail the property test while that mechanism's reproducer
-still passes the scan. Once the fix is merged the reproducer is refused, the tag stops
-excusing anything, and the property holds in full (no list to edit: it follows the scanner).
+still passes the scan (its own explicit case fails then, and names the mechanism).
 """
 
 from __future__ import annotations
@@ -918,15 +917,11 @@ class Bypass:
     # The loaders it fools (the payload resolves, or it crashes); "loader" (load_model)
     # only while the scan passes the file.
     loaders: tuple[str, ...]
-    branch: str  # the branch that fixes its mechanism
     crash: bool = False  # the loaders crash instead of resolving the payload
 
     @property
     def param(self) -> Any:
-        reason = f"bypass: {self.mechanism}; fixed on branch {self.branch}"
-        return pytest.param(
-            self, id=self.mechanism, marks=pytest.mark.xfail(strict=True, reason=reason)
-        )
+        return pytest.param(self, id=self.mechanism)
 
 
 STOCK = ("pickle", "python", "joblib", "numpy")
@@ -936,50 +931,40 @@ PLAIN = ("pickle", "python", "numpy")  # the loaders that read joblib array data
 BYPASSES: list[Bypass] = [
     # Sniffed openings (no PROTO): the scanner's machine failed where unpicklers read on,
     # so the file was "not-pickle" (safe), and the payload after it runs.
-    Bypass("build-none-state-on-non-object", b"NNb" + SHELL + b".", STOCK, "vm"),
-    Bypass(
-        "build-falsy-state-on-non-object", b"K\x00)b" + SHELL + b".", ("python", "joblib"), "vm"
-    ),
-    Bypass("setitems-after-empty-mark", b"N(u" + SHELL + b".", STOCK, "vm"),
-    Bypass("appends-after-empty-mark", b"N(e" + SHELL + b".", C_ONLY, "vm"),
-    Bypass("additems-after-empty-mark", b"N(\x90" + SHELL + b".", C_ONLY, "vm"),
-    Bypass("int-text-stops-at-nul", b"I1\x00\n" + SHELL + b".", C_ONLY, "vm"),
-    Bypass("long-text-stops-at-nul", b"L1\x00\n" + SHELL + b".", C_ONLY, "vm"),
-    Bypass("float-text-stops-at-nul", b"F1\x00\n" + SHELL + b".", C_ONLY, "vm"),
+    Bypass("build-none-state-on-non-object", b"NNb" + SHELL + b".", STOCK),
+    Bypass("build-falsy-state-on-non-object", b"K\x00)b" + SHELL + b".", ("python", "joblib")),
+    Bypass("setitems-after-empty-mark", b"N(u" + SHELL + b".", STOCK),
+    Bypass("appends-after-empty-mark", b"N(e" + SHELL + b".", C_ONLY),
+    Bypass("additems-after-empty-mark", b"N(\x90" + SHELL + b".", C_ONLY),
+    Bypass("int-text-stops-at-nul", b"I1\x00\n" + SHELL + b".", C_ONLY),
+    Bypass("long-text-stops-at-nul", b"L1\x00\n" + SHELL + b".", C_ONLY),
+    Bypass("float-text-stops-at-nul", b"F1\x00\n" + SHELL + b".", C_ONLY),
     # joblib raw array data, read as opcodes by plain unpicklers: the look-ahead is fooled
     # by the same openings.
-    Bypass(
-        "lookahead-build-none-state", _array_read_as_opcodes(b"NNb" + SHELL + b"0"), PLAIN, "vm"
-    ),
+    Bypass("lookahead-build-none-state", _array_read_as_opcodes(b"NNb" + SHELL + b"0"), PLAIN),
     Bypass(
         "lookahead-setitems-after-empty-mark",
         _array_read_as_opcodes(b"N(u" + SHELL + b"0"),
         PLAIN,
-        "vm",
     ),
     Bypass(
         "lookahead-int-text-stops-at-nul",
         _array_read_as_opcodes(b"I1\x00\n0" + SHELL + b"0"),
         C_ONLY,
-        "vm",
     ),
     # joblib reads a different number of array bytes than the scanner skips.
-    Bypass("second-build-merges-wrapper-state", _second_build_keeps_alignment(), ("joblib",), "vm"),
+    Bypass("second-build-merges-wrapper-state", _second_build_keeps_alignment(), ("joblib",)),
     Bypass(
         "fixed-size-dtype-itemsize-from-state",
         _fixed_size_dtype_with_state_size(),
         ("joblib",),
-        "dtypes",
     ),
-    Bypass(
-        "shared-dtype-descriptor-ignores-state", _shared_descriptor_state(), ("joblib",), "dtypes"
-    ),
+    Bypass("shared-dtype-descriptor-ignores-state", _shared_descriptor_state(), ("joblib",)),
     # Memory-unsafe states behind allowed globals.
     Bypass(
         "dtype-field-offset-outside-item",
         _field_offset_outside_item(),
         ("joblib", "loader"),
-        "dtypes",
         crash=True,
     ),
 ]

@@ -338,6 +338,10 @@ def scan_fd(
     if size == 0:
         result.format = "empty"
         return result
+    if fmt.startswith("joblib-") and not _decompresses(fd, size, fmt):
+        # joblib fails before it unpickles a byte (a CSV whose first byte is zlib's
+        # 0x78): what remains is how plain pickle.load reads the raw file.
+        fmt = result.format = "pickle"
     if fmt == "joblib-legacy":
         scan.add(
             "legacy-joblib",
@@ -365,6 +369,23 @@ def scan_fd(
         # pickle the scanner cannot read.
         archives.scan_container(scan, fd, size, depth, is_pickle=result.format != "not-pickle")
     return result
+
+
+def _decompresses(fd: int, size: int, fmt: str) -> bool:
+    """Whether the decompressor joblib picks for `fmt` yields at least one byte of the file
+    (a method whose module is missing counts as yes: the file is reported unscannable)."""
+    if fmt == "joblib-legacy":
+        method, start = "zlib", LEGACY_HEADER + (os.pread(fd, 1, LEGACY_HEADER) == b" ")
+    else:
+        method, start = fmt.removeprefix("joblib-"), 0
+    try:
+        source = DecompressingSource(fd, size, method, start=start)
+    except StreamError:
+        return True
+    try:
+        return bool(source.read(1))
+    except StreamError:
+        return False
 
 
 def _scan_compressed(scan: _Scan, fd: int, size: int, method: str) -> None:
