@@ -57,14 +57,14 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # measure.py, beside this script
 
 import measure  # noqa: E402
-from measure import BenchmarkError, Measured, Run, run  # noqa: E402
+from measure import BenchmarkError, Run  # noqa: E402
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -92,14 +92,8 @@ SMALL = (DataSet("8x16MiB", 8, 16 * MIB), DataSet("1x128MiB", 1, 128 * MIB))
 
 
 @dataclass
-class Command(Measured):
-    key: str
-    label: str
-    argv: list[str]
-    stdin: Path | None = None
+class Command(measure.Command):
     hashes: bool = True  # reads every byte of the data set (throughput is meaningful)
-    runs: list[Run] = field(default_factory=list)
-    retried: int = 0  # timed runs thrown away because other load disturbed them
 
 
 def _size_text(n: int) -> str:
@@ -147,21 +141,6 @@ def _generate(path: Path, size: int, seed: int, base: bytes) -> None:
             struct.pack_into("<QQ", block, 0, seed, counter)
             out.write(block[: min(MIB, size - counter)])
     os.replace(partial, path)
-
-
-# --- running ---------------------------------------------------------------------------
-
-
-def checked(command: Command, cwd: Path) -> Run:
-    result = run(command.argv, cwd, command.stdin)
-    if result.returncode != 0:
-        raise BenchmarkError(
-            f"{command.label} exited {result.returncode} in {cwd}\n"
-            f"  command: {' '.join(command.argv)}\n"
-            f"  stdout: {result.stdout.decode(errors='replace').strip()[-2000:]}\n"
-            f"  stderr: {result.stderr.decode(errors='replace').strip()[-2000:]}"
-        )
-    return result
 
 
 # --- correctness -----------------------------------------------------------------------
@@ -249,17 +228,17 @@ def bench_dataset(
 
     # Warm-up: every command once, untimed; sha256sum first reads everything into the
     # page cache and gives the reference digests; init writes the manifest verify uses.
-    expected_out = checked(reference, folder).stdout
+    expected_out = measure.checked(reference, folder).stdout
     expected = parse_digests("sha256sum", _SHA256SUM_LINE, expected_out)
     if sorted(expected) != sorted(names):
         raise BenchmarkError(f"sha256sum listed {sorted(expected)}, expected {names}")
     for command in commands:
         if command is not reference:  # its warm-up run was the one just above
-            result = checked(command, folder)
+            result = measure.checked(command, folder)
             _validate(command.key, result, expected_out, expected, folder)
 
     def run_one(command: Command) -> Run:
-        result = checked(command, folder)
+        result = measure.checked(command, folder)
         _validate(command.key, result, expected_out, expected, folder)
         return result
 
@@ -448,9 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         "every run; openssl's and the manifest's digests matched sha256sum's.\n\n"
         f"{table(results)}"
     )
-    print(report)
-    if args.output:
-        args.output.write_text(report)
+    measure.publish(report, args.output)
     return 0
 
 

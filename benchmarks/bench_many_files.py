@@ -48,29 +48,18 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # measure.py, beside this script
 
 import measure  # noqa: E402
-from measure import BenchmarkError, Measured, Run, run  # noqa: E402
+from measure import BenchmarkError, Command, Run  # noqa: E402
 
 PER_FOLDER = 200
 BASELINE = "sha256sum-c"
 STARTUP_BASELINE = "python"
-
-
-@dataclass
-class Command(Measured):
-    key: str
-    label: str
-    argv: list[str]
-    stdin: Path | None = None
-    expect_exit: int = 0
-    runs: list[Run] = field(default_factory=list)
-    retried: int = 0
 
 
 @dataclass(frozen=True)
@@ -113,20 +102,6 @@ def ensure_data(root: Path, count: int, size: int) -> tuple[Path, dict[str, str]
     return folder, digests
 
 
-# --- running ---------------------------------------------------------------------------
-
-
-def checked(command: Command, cwd: Path) -> Run:
-    result = run(command.argv, cwd, command.stdin)
-    if result.returncode != command.expect_exit:
-        raise BenchmarkError(
-            f"{command.label} exited {result.returncode} in {cwd}\n"
-            f"  command: {' '.join(command.argv)}\n"
-            f"  output: {result.output().strip()[-2000:]}"
-        )
-    return result
-
-
 def check_manifest(path: Path, expected: dict[str, str]) -> None:
     recorded = {f["path"]: f["sha256"] for f in json.loads(path.read_text())["files"]}
     if recorded != expected:
@@ -167,12 +142,12 @@ def bench_files(
             ),
         ]
     for command in commands:  # warm-up: page cache, bytecode, the manifests verify reads
-        checked(command, folder)
+        measure.checked(command, folder)
     for path in manifests.values():
         check_manifest(path, expected)
 
     def run_one(command: Command) -> Run:
-        result = checked(command, folder)
+        result = measure.checked(command, folder)
         if command.key.startswith("init"):
             check_manifest(manifests[command.key.removeprefix("init")], expected)
         return result
@@ -223,9 +198,14 @@ def bench_startup(
             ),
         ]
     for command in commands:
-        checked(command, folder)
+        measure.checked(command, folder)
     measure.timed_rounds(
-        commands, args.startup_runs, args.retries, cores, lambda c: checked(c, folder), "start-up"
+        commands,
+        args.startup_runs,
+        args.retries,
+        cores,
+        lambda c: measure.checked(c, folder),
+        "start-up",
     )
     return commands
 
@@ -343,9 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Many small files ({PER_FOLDER} per folder):\n\n{files_table(results)}\n"
         f"Start-up (one 3-byte file):\n\n{startup_table(startup)}"
     )
-    print(report)
-    if args.output:
-        args.output.write_text(report)
+    measure.publish(report, args.output)
     return 0
 
 

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -92,6 +92,18 @@ class Measured:
 
     def max_others(self) -> float:
         return max(r.others_cpu for r in self.runs)
+
+
+@dataclass
+class Command(Measured):
+    """A command a benchmark runs, and its timed runs."""
+
+    key: str
+    label: str
+    argv: list[str]
+    stdin: Path | None = None
+    runs: list[Run] = field(default_factory=list)
+    retried: int = 0  # timed runs thrown away because other load disturbed them
 
 
 def run(argv: list[str], cwd: Path, stdin: Path | None = None, timeout: int = 0) -> Run:
@@ -173,6 +185,26 @@ def timed_rounds(
                 command.retried += 1
             command.runs.append(result)
         print(f"  {name}: round {round_ + 1}/{rounds} done", file=sys.stderr)
+
+
+def publish(report: str, output: Path | None) -> None:
+    """Print the Markdown report, and write it to `output` too when given."""
+    print(report)
+    if output:
+        output.write_text(report)
+
+
+def checked(command: Command, cwd: Path) -> Run:
+    """One run of `command` in `cwd`; a non-zero exit stops the benchmark."""
+    result = run(command.argv, cwd, command.stdin)
+    if result.returncode != 0:
+        raise BenchmarkError(
+            f"{command.label} exited {result.returncode} in {cwd}\n"
+            f"  command: {' '.join(command.argv)}\n"
+            f"  stdout: {result.stdout.decode(errors='replace').strip()[-2000:]}\n"
+            f"  stderr: {result.stderr.decode(errors='replace').strip()[-2000:]}"
+        )
+    return result
 
 
 def rotated(items: list[T], round_: int) -> list[T]:
