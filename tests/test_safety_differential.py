@@ -12,11 +12,14 @@ the C unpickler (`pickle.load`), the pure-Python one (`pickle._Unpickler`), `job
 2. Same array bytes: joblib reads array data exactly at the spans the scan skipped
    (`ScanResult.array_spans`; `NumpyArrayWrapper.read_array` is instrumented to record
    the offsets it reads from and to).
-3. No crash: no loader process dies of a signal on a file the scan passed.
+3. No crash: no loader process dies of a signal on a file the scan passed, loading it or
+   reading every element of each array it returned (a crash that does not come back when
+   the file is loaded alone is reported as an earlier file's memory corruption).
 4. Not a pickle means not loadable: for a file the scan calls "not-pickle", every loader
    fails before it resolves any global.
 
-The generators (each with a payload, a call of a global the allow-list refuses):
+The generators (a payload is a call of a global the allow-list refuses; every opening has
+one, a joblib array one time in three, so that honest files reach the loaders too):
 - openings: no PROTO, then opcodes a sniffing scanner may take for the end of a pickle
   where an unpickler reads on (BUILD with a falsy state on a non-object; SETITEMS, APPENDS,
   ADDITEMS after an empty MARK; text INT/LONG/FLOAT with a NUL byte, leading zeros, signs,
