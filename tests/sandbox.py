@@ -40,7 +40,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-LOAD_TIMEOUT_SECONDS = 5.0  # per file (wall clock), inside the loading subprocess
+# Per file (wall clock), inside the loading subprocess: room for a first import of
+# scikit-learn on a busy machine (not imported up front: a restart after a crash stays fast).
+LOAD_TIMEOUT_SECONDS = 20.0
 LOAD_CPU_SECONDS = 10  # per file, enforced by RLIMIT_CPU (SIGXCPU ends the process)
 MEMORY_LIMIT_BYTES = 4 << 30  # RLIMIT_AS of the loading subprocess
 BATCH_TIMEOUT_SECONDS = 120.0  # per batch of files: the loading subprocess is killed after it
@@ -59,7 +61,6 @@ warnings.simplefilter("ignore")
 import joblib
 import joblib.numpy_pickle
 import numpy
-import sklearn  # imported once here, not within a job's time limit (it takes seconds)
 from integrity.safety.allowlist import AllowList
 from integrity.safety.loader import load_model
 
@@ -231,6 +232,9 @@ def run_job(job):
         else:
             raise ValueError("unknown mode %r" % mode)
         touch(loaded)
+        # Freed within the job, so that glibc's heap checks (MALLOC_CHECK_) catch a
+        # corruption this job made while it is still the one running.
+        del loaded
     except Timeout:
         error = "timeout"
     except BaseException as exc:
@@ -289,7 +293,9 @@ class LoadOutcome:
     # (start, end, has objects) of each array joblib's NumpyArrayWrapper.read_array read.
     reads: tuple[tuple[int | None, int | None, bool], ...] = ()
     audit: str | None = None  # the forbidden audit event that stopped the job
-    limit: str | None = None  # "cpu" or "wall": the job was stopped by a limit, not a crash
+    # "cpu", "wall" or "exit" (a status, not a signal): stopped by a limit, not a crash.
+    limit: str | None = None
+    delayed: bool = False  # crashed in a batch but not alone: an earlier job's doing
 
 
 def _scrubbed_environment(home: Path) -> dict[str, str]:
@@ -304,6 +310,10 @@ def _scrubbed_environment(home: Path) -> dict[str, str]:
     }
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = "1"
+    # glibc checks the heap at each free: a job that corrupts memory aborts in that job
+    # more often than in a later one. (Not MALLOC_PERTURB_: it writes every byte of each
+    # allocation, and files that claim gigabytes would time out instead of failing.)
+    env["MALLOC_CHECK_"] = "3"
     return env
 
 
@@ -388,9 +398,12 @@ class Sandbox:
                 return outcomes
             outcomes = outcomes[: len(jobs) - 1]
             crash: dict[str, Any] = {"resolved": [], "refused": [], "crashed": True}
-            if code in (-signal.SIGXCPU, -signal.SIGKILL):
-                # Our own limits (CPU time, the batch watchdog): slow, not memory-unsafe.
-                crash["limit"] = "cpu" if code == -signal.SIGXCPU else "wall"
+            if code >= 0 or code in (-signal.SIGXCPU, -signal.SIGKILL):
+                # Our own limits (CPU time, the batch watchdog, memory: an allocation that
+                # fails outside the job's own error handling ends the process with a
+                # status): slow or hungry, not killed by a signal of its own making.
+                limits = {-signal.SIGXCPU: "cpu", -signal.SIGKILL: "wall"}
+                crash["limit"] = limits.get(code, "exit")
                 crash["crashed"] = False
             crash["error"] = f"the loader ended (exit status {code}) loading this file"
             outcomes.append(crash)
@@ -401,6 +414,15 @@ class Sandbox:
         raw: list[dict[str, Any]] = []
         while len(raw) < len(jobs):
             raw += self._run_batch(jobs[len(raw) :])
+            if raw[-1].get("crashed") and not raw[-1].get("audit") and len(jobs) > 1:
+                # Loaded again alone, in a new process: a crash that does not come back
+                # was set up by an earlier job of the batch (memory it corrupted).
+                (alone,) = self._run_batch([jobs[len(raw) - 1]])
+                if not alone.get("crashed"):
+                    raw[-1]["error"] += (
+                        "; not again when loaded alone: an earlier job corrupted memory"
+                    )
+                    raw[-1]["delayed"] = True
         return [
             LoadOutcome(
                 resolved=frozenset((m, n) for m, n in item["resolved"]),
@@ -410,6 +432,7 @@ class Sandbox:
                 reads=tuple((s, e, bool(o)) for s, e, o in item.get("reads", ())),
                 audit=item.get("audit"),
                 limit=item.get("limit"),
+                delayed=bool(item.get("delayed")),
             )
             for item in raw
         ]
