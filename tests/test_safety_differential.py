@@ -965,7 +965,6 @@ BYPASSES: list[Bypass] = [
         "lookahead-allowed-global-not-reported",
         _array_read_as_opcodes(b"(K\x01ibuiltins\nslice\n0"),
         PLAIN,
-        "vm",
         target=("builtins", "slice"),
     ),
     # joblib reads a different number of array bytes than the scanner skips.

@@ -247,3 +247,16 @@ def test_manifest_allowlist_lets_a_custom_class_load(tmp_path: Path) -> None:
     assert isinstance(model, ThresholdModel)
     rows = np.array([[0.0], [0.5]])
     np.testing.assert_array_equal(model.predict(rows), [0, 1])
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"sepal_length,species\n5.1,setosa\n", b"\x89PNG\r\n\x1a\n", b""],
+    ids=["csv", "png", "empty"],
+)
+def test_load_model_refuses_what_no_loader_unpickles(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "model.bin"
+    path.write_bytes(content)
+    assert scan_path(path).safe  # not executable: the scan passes it
+    with pytest.raises(UnsafeModelError, match="not a model file"):
+        load_model(path)

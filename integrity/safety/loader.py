@@ -113,6 +113,9 @@ def load_model(path: Path, allowlist: AllowList | None = None) -> Any:
         # if the scan were wrong (the tests load every attack with it bypassed).
         fmt = detect_format(os.pread(fd, 8, 0))
         size = os.fstat(fd).st_size
+        if scan.format in ("not-pickle", "empty"):
+            # No stock loader would unpickle it: loading it as a model proves nothing.
+            raise UnsafeModelError(f"{path}: not a model file: no loader unpickles it", scan)
         if scan.format.startswith("torch") or scan.format == "tar":
             raise UnsafeModelError(f"{path}: {scan.format} files are scanned, not loaded")
         if fmt == "pickle":

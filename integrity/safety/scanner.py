@@ -310,7 +310,10 @@ class _Scan:
             raise PickleError(
                 "malformed", f"no module {top!r}: the import fails", use.offset, FAILS
             )
-        self._verdict(use, hidden=True)
+        if self._verdict(use, hidden=True) is None:
+            # Allowed, but resolved only by plain pickle.load: still a global the file
+            # makes a loader import, so the scan reports it.
+            self.result.globals_used.append(use)
 
 
 def _module_exists(top: str) -> bool:
