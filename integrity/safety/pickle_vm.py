@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from integrity.safety import states
-from integrity.safety.streams import Source, StreamError
+from integrity.safety.streams import NO_FENCE, Source, StreamError
 from integrity.safety.symbols import Global, Obj, Opaque, SDict, SList, SSet
 
 MAX_LINE = 1 << 20  # protocol 0 text arguments; longer lines are refused
@@ -135,7 +135,9 @@ class PickleMachine:
         self.stack: list[Any] = []
         self.metastack: list[list[Any]] = []
         self.memo: MemoLike = {}
-        self.frame_end: int | None = None  # stream offset where the current frame ends
+        self._frame_end: int | None = None  # stream offset where the current frame ends
+        self.limit: int | None = None  # no opcode may start beyond this offset (set before run)
+        self._running = False  # the source's fence is this machine's
         # After a frame problem the Python unpickler has failed; the C one
         # ignores frames: reading goes on linearly, with plain pickle.load's
         # semantics (no joblib array data).
@@ -147,13 +149,32 @@ class PickleMachine:
         self.problems: list[PickleError] = []
         self.on_problem: Callable[[PickleError], None] | None = None
         self.op_offset = 0  # offset of the opcode being followed
-        self.limit: int | None = None  # no opcode may start beyond this offset
         # Called where joblib reads raw array data, to follow the same bytes as
         # plain pickle.load would (it reads them as opcodes).
         self.shadow: Callable[[PickleMachine], None] | None = None
-        self.opcodes = 0
 
     # ------------------------------------------------------------ reading
+    # The machine reads the source's window directly (`source.buf`, `source.pos`).
+    # While it runs, the source's fence is where this machine must check something
+    # (the current frame's end, the limit): below `source.stop` a read is in the
+    # window and checks nothing; a read that reaches `stop` takes the slow path,
+    # which checks the frame exactly as before and refills the window.
+
+    @property
+    def frame_end(self) -> int | None:
+        return self._frame_end
+
+    @frame_end.setter
+    def frame_end(self, value: int | None) -> None:
+        self._frame_end = value
+        if self._running:
+            self.source.set_fence(self._fence())
+
+    def _fence(self) -> int:
+        fence = NO_FENCE if self._frame_end is None else self._frame_end
+        if self.limit is not None:
+            fence = min(fence, self.limit + 1)  # an opcode may start at the limit
+        return fence
 
     def _fail(
         self, code: str, message: str, offset: int | None = None, nature: str = REFUSED
@@ -176,30 +197,60 @@ class PickleMachine:
         self.on_array = None
 
     def _here(self) -> int:
-        here = self.source.tell()
-        if self.frame_end is not None and here >= self.frame_end:
+        source = self.source
+        here = source.base + source.pos
+        if self._frame_end is not None and here >= self._frame_end:
             self.frame_end = None  # the frame is exhausted: reads go to the file
         return here
 
     def _check_frame(self, n: int) -> None:
         """A read of n bytes must lie within the current frame, or start after it."""
         here = self._here()
-        if self.frame_end is not None and not self.linear and here + n > self.frame_end:
+        if self._frame_end is not None and not self.linear and here + n > self._frame_end:
             self._frame_problem("an opcode runs past the end of its frame")
 
     def read(self, n: int) -> bytes:
+        source = self.source
+        pos = source.pos
+        end = pos + n
+        if pos <= end <= source.stop:
+            source.pos = end
+            return source.buf[pos:end]
         self._check_frame(n)
-        data = self.source.read(n)
+        data = source.read(n)
         if len(data) < n:
             raise self._truncated()
         return data
 
+    def read_byte(self) -> int:
+        """One byte of the stream, as an int."""
+        source = self.source
+        pos = source.pos
+        if pos < source.stop:
+            source.pos = pos + 1
+            return source.buf[pos]
+        return self.read(1)[0]
+
     def skip(self, n: int) -> None:
+        source = self.source
+        end = source.pos + n
+        if n >= 0 and end <= source.stop:
+            source.pos = end
+            return
         self._check_frame(n)
-        if self.source.skip(n) < n:
+        if source.skip(n) < n:
             raise self._truncated()
 
     def readline(self) -> bytes:
+        source = self.source
+        buf, pos = source.buf, source.pos
+        end = buf.find(b"\n", pos, source.stop)
+        if 0 <= end < pos + MAX_LINE:
+            source.pos = end + 1
+            return buf[pos:end]
+        return self._readline_checked()
+
+    def _readline_checked(self) -> bytes:
         here = self._here()
         frame_end = None if self.linear else self.frame_end
         limit = MAX_LINE if frame_end is None else min(MAX_LINE, frame_end - here)
@@ -270,28 +321,47 @@ class PickleMachine:
 
     def run(self) -> Any:
         """Walk to STOP; returns the symbolic top-level object."""
-        dispatch = _DISPATCH
+        source = self.source
+        outer_fence = source.fence  # a machine that runs this one (nested pickles)
+        self._running = True
+        source.set_fence(self._fence())
+        try:
+            return self._walk(source)
+        finally:
+            self._running = False
+            source.set_fence(outer_fence)
+
+    def _walk(self, source: Source) -> Any:
+        dispatch = _TABLE or _table()
         while True:
-            offset = self._here()
+            pos = source.pos
+            if pos < source.stop:  # in the window, before any frame end or limit
+                source.pos = pos + 1
+                code = source.buf[pos]
+                offset = source.base + pos
+            else:
+                offset, code = self._next_opcode()
             self.op_offset = offset
-            if self.limit is not None and offset > self.limit:
-                raise self._fail(
-                    "too-long", "the pickle is longer than the scanner follows", offset
-                )
-            code = self.source.read(1)
-            if not code:
-                raise self._fail(
-                    "truncated",
-                    "the pickle ends without STOP: the unpickler would still run its prefix",
-                    offset,
-                    FAILS,
-                )
-            self.opcodes += 1
-            handler = dispatch.get(code[0])
+            handler = dispatch[code]
             if handler is None:
-                raise self._fail("unknown-opcode", f"unknown opcode 0x{code[0]:02x}", offset, FAILS)
+                raise self._fail("unknown-opcode", f"unknown opcode 0x{code:02x}", offset, FAILS)
             if handler(self, offset):
                 return self.pop()
+
+    def _next_opcode(self) -> tuple[int, int]:
+        """(offset, opcode) at a frame's end, the limit or the window's end."""
+        offset = self._here()
+        if self.limit is not None and offset > self.limit:
+            raise self._fail("too-long", "the pickle is longer than the scanner follows", offset)
+        code = self.source.read(1)
+        if not code:
+            raise self._fail(
+                "truncated",
+                "the pickle ends without STOP: the unpickler would still run its prefix",
+                offset,
+                FAILS,
+            )
+        return offset, code[0]
 
 
 def _inert(value: Any) -> bool:
@@ -314,6 +384,12 @@ def _describe(value: Any) -> str:
 
 Handler = Callable[[PickleMachine, int], bool | None]
 _DISPATCH: dict[int, Handler] = {}
+_TABLE: list[Handler | None] = []  # _DISPATCH by opcode, made at the first run
+
+
+def _table() -> list[Handler | None]:
+    _TABLE[:] = [_DISPATCH.get(code) for code in range(256)]
+    return _TABLE
 
 
 def _op(code: bytes) -> Callable[[Handler], Handler]:
@@ -388,17 +464,17 @@ def _dup(vm: PickleMachine, offset: int) -> None:
 
 @_op(b"N")
 def _none(vm: PickleMachine, offset: int) -> None:
-    vm.push(None)
+    vm.stack.append(None)
 
 
 @_op(b"\x88")
 def _true(vm: PickleMachine, offset: int) -> None:
-    vm.push(True)
+    vm.stack.append(True)
 
 
 @_op(b"\x89")
 def _false(vm: PickleMachine, offset: int) -> None:
-    vm.push(False)
+    vm.stack.append(False)
 
 
 def _int_text(vm: PickleMachine, data: bytes, offset: int, base: int = 0) -> int:
@@ -447,7 +523,7 @@ def _binint(vm: PickleMachine, offset: int) -> None:
 
 @_op(b"K")
 def _binint1(vm: PickleMachine, offset: int) -> None:
-    vm.push(vm.read(1)[0])
+    vm.stack.append(vm.read_byte())
 
 
 @_op(b"M")
@@ -553,7 +629,7 @@ def _binunicode(vm: PickleMachine, offset: int) -> None:
 
 @_op(b"\x8c")
 def _short_binunicode(vm: PickleMachine, offset: int) -> None:
-    vm.push(_utf8(vm, vm.read(vm.read(1)[0]), offset))
+    vm.stack.append(_utf8(vm, vm.read(vm.read_byte()), offset))
 
 
 @_op(b"\x8d")
@@ -570,7 +646,7 @@ def _binbytes(vm: PickleMachine, offset: int) -> None:
 
 @_op(b"C")
 def _short_binbytes(vm: PickleMachine, offset: int) -> None:
-    vm.push(vm.read(vm.read(1)[0]))
+    vm.stack.append(vm.read(vm.read_byte()))
 
 
 @_op(b"\x8e")
@@ -615,7 +691,7 @@ def _readonly_buffer(vm: PickleMachine, offset: int) -> None:
 
 @_op(b")")
 def _empty_tuple(vm: PickleMachine, offset: int) -> None:
-    vm.push(())
+    vm.stack.append(())
 
 
 @_op(b"t")
@@ -645,7 +721,7 @@ def _tuple3(vm: PickleMachine, offset: int) -> None:
 
 @_op(b"]")
 def _empty_list(vm: PickleMachine, offset: int) -> None:
-    vm.push(SList())
+    vm.stack.append(SList())
 
 
 @_op(b"l")
@@ -655,7 +731,7 @@ def _list(vm: PickleMachine, offset: int) -> None:
 
 @_op(b"}")
 def _empty_dict(vm: PickleMachine, offset: int) -> None:
-    vm.push(SDict())
+    vm.stack.append(SDict())
 
 
 def _set_item(target: SDict, key: Any, value: Any) -> None:
@@ -755,9 +831,10 @@ def _additems(vm: PickleMachine, offset: int) -> None:
 
 
 def _memo_get(vm: PickleMachine, key: int, offset: int) -> None:
-    if key not in vm.memo:
-        raise vm._fail("malformed", f"memo key {key} was never stored", offset, FAILS)
-    vm.push(vm.memo[key])
+    try:
+        vm.stack.append(vm.memo[key])
+    except KeyError:
+        raise vm._fail("malformed", f"memo key {key} was never stored", offset, FAILS) from None
 
 
 def _memo_put(vm: PickleMachine, key: int, offset: int) -> None:
@@ -775,7 +852,7 @@ def _get(vm: PickleMachine, offset: int) -> None:
 
 @_op(b"h")
 def _binget(vm: PickleMachine, offset: int) -> None:
-    _memo_get(vm, vm.read(1)[0], offset)
+    _memo_get(vm, vm.read_byte(), offset)
 
 
 @_op(b"j")
@@ -790,7 +867,7 @@ def _put(vm: PickleMachine, offset: int) -> None:
 
 @_op(b"q")
 def _binput(vm: PickleMachine, offset: int) -> None:
-    _memo_put(vm, vm.read(1)[0], offset)
+    _memo_put(vm, vm.read_byte(), offset)
 
 
 @_op(b"r")
@@ -800,7 +877,8 @@ def _long_binput(vm: PickleMachine, offset: int) -> None:
 
 @_op(b"\x94")
 def _memoize(vm: PickleMachine, offset: int) -> None:
-    vm.memo[len(vm.memo)] = vm.top()
+    memo = vm.memo
+    memo[len(memo)] = vm.stack[-1] if vm.stack else vm.top()
 
 
 # ---- globals and calls

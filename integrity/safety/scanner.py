@@ -20,7 +20,6 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from integrity.safety.allowlist import AllowList
 from integrity.safety.arrays import read_joblib_array
@@ -39,6 +38,7 @@ from integrity.safety.streams import (
     FileSource,
     Source,
     StreamError,
+    StreamSource,
 )
 
 MAX_FINDINGS = 50
@@ -188,7 +188,7 @@ class _Scan:
         name what a reader that loads until the end of the file would import."""
         here = source.tell()
         try:
-            extra = source.read(1)
+            extra = source.peek(1)
         except StreamError as exc:
             self.add("bad-compression", str(exc), here)
             return
@@ -199,17 +199,15 @@ class _Scan:
             "data follows the pickle's STOP: not a file the scanner can vouch for",
             here,
         )
-        rest = _Pushback(source, extra)
         for _ in range(MAX_APPENDED):
-            vm = PickleMachine(rest, self.check_global, read_joblib_array if joblib else None)
+            vm = PickleMachine(source, self.check_global, read_joblib_array if joblib else None)
             try:
                 vm.run()
-                more = rest.read(1)
+                more = source.peek(1)
             except (PickleError, StreamError):
                 return  # the trailing-data finding stands for what cannot be read
             if not more:
                 return
-            rest = _Pushback(rest, more)
 
     def lookahead(self, vm: PickleMachine) -> None:
         """At joblib array data: follow the next bytes as plain pickle.load would
@@ -424,8 +422,8 @@ def _scan_zip(scan: _Scan, fd: int) -> None:
                 continue
             try:
                 with archive.open(member) as stream:
-                    head = stream.read(8)
-                    source = _ZipMemberSource(stream, head)
+                    source = StreamSource(stream)
+                    head = source.peek(8)
                     if head.startswith(NPY_MAGIC):
                         _scan_npy(scan, source, member.file_size)
                     elif head[:1] == b"\x80" or member.filename.endswith((".pkl", ".pickle")):
@@ -436,80 +434,6 @@ def _scan_zip(scan: _Scan, fd: int) -> None:
             except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
                 scan.add("malformed", f"zip member cannot be read: {exc}", None)
         scan.member = None
-
-
-class _Pushback:
-    """A source with bytes already read put back in front of it."""
-
-    def __init__(self, source: Source, pending: bytes) -> None:
-        self.source = source
-        self.pending = pending
-
-    def read(self, n: int) -> bytes:
-        head, self.pending = self.pending[:n], self.pending[n:]
-        return head + self.source.read(n - len(head)) if n > len(head) else head
-
-    def readline(self, limit: int) -> bytes:
-        head = self.pending[:limit]
-        end = head.find(b"\n")
-        if end >= 0:
-            self.pending = self.pending[end + 1 :]
-            return head[: end + 1]
-        self.pending = self.pending[len(head) :]
-        return head + self.source.readline(limit - len(head)) if limit > len(head) else head
-
-    def skip(self, n: int) -> int:
-        taken = min(n, len(self.pending))
-        self.pending = self.pending[taken:]
-        return taken + (self.source.skip(n - taken) if n > taken else 0)
-
-    def tell(self) -> int:
-        return self.source.tell() - len(self.pending)
-
-
-class _ZipMemberSource:
-    """A zip member as a Source (zipfile decompresses in bounded chunks and
-    refuses members larger than their declared size)."""
-
-    def __init__(self, stream: IO[bytes], head: bytes) -> None:
-        self._stream = stream
-        self._buffer = head
-        self._pos = 0
-        self._offset = 0
-
-    def _take(self, n: int) -> bytes:
-        out = self._buffer[self._pos : self._pos + n]
-        self._pos += len(out)
-        if len(out) < n:
-            out += self._stream.read(n - len(out))
-        self._offset += len(out)
-        return out
-
-    def read(self, n: int) -> bytes:
-        return self._take(n)
-
-    def readline(self, limit: int) -> bytes:
-        line = b""
-        while len(line) < limit:
-            ch = self._take(1)
-            if not ch:
-                break
-            line += ch
-            if ch == b"\n":
-                break
-        return line
-
-    def skip(self, n: int) -> int:
-        skipped = 0
-        while skipped < n:
-            chunk = self._take(min(n - skipped, 1 << 20))
-            if not chunk:
-                break
-            skipped += len(chunk)
-        return skipped
-
-    def tell(self) -> int:
-        return self._offset
 
 
 def _scan_skops(scan: _Scan, fd: int) -> None:
