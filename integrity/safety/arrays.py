@@ -104,6 +104,8 @@ def read_joblib_array(vm: PickleMachine, wrapper: Obj, offset: int) -> Any:
         has_object, itemsize = dtype_layout(state.get("dtype"))
     except DtypeError as exc:
         raise vm._fail("malformed", f"NumpyArrayWrapper {exc}", offset) from None
+    if vm.first_array is None:
+        vm.first_array = vm.source.tell()  # plain pickle.load reads on from here as opcodes
     # The array's bytes are read from the file, not from a pickle frame: a
     # frame still open here means the scanner and the loader would disagree.
     if vm.frame_end is not None and vm.source.tell() < vm.frame_end:
@@ -116,14 +118,11 @@ def read_joblib_array(vm: PickleMachine, wrapper: Obj, offset: int) -> Any:
         nested = PickleMachine(vm.source, vm.check_global, None, depth=vm.depth + 1)
         nested.run()
         return Opaque("object array")
-    if vm.shadow is not None:
-        # Raw bytes joblib skips unread: plain pickle.load reads them as opcodes.
-        # (An object array's nested pickle is scanned as a pickle already; read
-        # on by pickle.load, its memo gets would fetch the outer pickle's memo.)
-        vm.shadow(vm)
+    start = vm.source.tell()
     if state.items.get("numpy_array_alignment_bytes") is not None:
         padding = vm.read(1)[0]
         vm.skip(padding)
     nbytes = count * itemsize
     vm.skip(nbytes)
+    vm.array_spans.append((start, vm.source.tell()))
     return Opaque("array", nbytes)

@@ -18,10 +18,13 @@ they fail there too, so nothing after it can run (FAILS), or may read on
 pickle at all, and where it follows joblib array data as plain pickle.load
 would read it: only a point where every unpickler fails ends the reading there.
 
-Frames follow both unpicklers: the Python one (joblib's) fails on an opcode
-that crosses a frame's end, the C one (pickle.load) ignores frames and reads
-on. A frame that disagrees with its data is therefore a finding, after which
-the machine reads on linearly, as the C unpickler does, to name what follows.
+The two stock unpicklers do not fail at the same points: the C one (behind
+pickle.load and numpy.load) parses text numbers with C functions that stop at
+a NUL byte, ignores frames, and does nothing for APPENDS or ADDITEMS with an
+empty MARK; the pure-Python one (pickle._Unpickler, which joblib's extends)
+takes a BUILD with any falsy state as a no-op. The machine follows both while
+both read on; where only one of them fails it says so (a finding, unless the
+other one fails later before anything ran) and follows the other from there.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import math
 import re
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from integrity.safety import states
@@ -55,10 +58,29 @@ def python3_name(proto: int, module: str, name: str) -> tuple[str, str]:
     return module, name
 
 
+def importable(module: str) -> bool:
+    """Whether a module could have this name: dotted identifiers, no longer than a path.
+    (Any other name fails to import: nothing of it runs.)"""
+    return len(module) <= MAX_MODULE and all(part.isidentifier() for part in module.split("."))
+
+
 # What the real unpicklers do where the machine stops (PickleError.nature).
 FAILS = "fails"  # every unpickler fails here too: nothing from here on can run
 REFUSED = "refused"  # an unpickler may go on (and run code): the scanner refuses
 CALLS_OBJECT = "calls-object"  # calls an object an allowed callable returned
+
+# The two stock unpicklers, where only one of them fails (PickleMachine.one_fails).
+PYTHON = "Python"  # pickle._Unpickler, and joblib's NumpyUnpickler built on it
+C = "C"  # _pickle.Unpickler: pickle.load, numpy.load
+# numpy's largest number of dimensions (NPY_MAXDIMS, 64 in numpy 2): a longer shape
+# fails in joblib's reshape after the data is read.
+MAX_DIMS = 64
+# A state of more entries than this is not one joblib writes for its wrapper.
+MAX_MERGED = 64
+# Plain keys longer than this are not hashed (equal long keys compare byte by byte).
+MAX_KEY = 1024
+# No module has a longer name: each dotted part is a file name, the whole a path.
+MAX_MODULE = 4096
 
 
 class PickleError(Exception):
@@ -91,31 +113,6 @@ class MemoLike(Protocol):
     def __len__(self) -> int: ...
 
 
-class MemoOverlay:
-    """A memo that reads through to another and keeps its own writes (a look-ahead
-    that must not change the machine it looks ahead for)."""
-
-    def __init__(self, base: MemoLike) -> None:
-        self._base = base
-        self._own: dict[int, Any] = {}
-        self._base_len = len(base)
-        self._new_keys = 0
-
-    def __getitem__(self, key: int) -> Any:
-        return self._own[key] if key in self._own else self._base[key]
-
-    def __setitem__(self, key: int, value: Any) -> None:
-        if key not in self._own and key not in self._base:
-            self._new_keys += 1
-        self._own[key] = value
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._own or key in self._base
-
-    def __len__(self) -> int:
-        return self._base_len + self._new_keys
-
-
 class PickleMachine:
     """Walks one pickle stream from the source's current position to its STOP."""
 
@@ -136,22 +133,28 @@ class PickleMachine:
         self.metastack: list[list[Any]] = []
         self.memo: MemoLike = {}
         self._frame_end: int | None = None  # stream offset where the current frame ends
-        self.limit: int | None = None  # no opcode may start beyond this offset (set before run)
         self._running = False  # the source's fence is this machine's
-        # After a frame problem the Python unpickler has failed; the C one
-        # ignores frames: reading goes on linearly, with plain pickle.load's
-        # semantics (no joblib array data).
-        self.linear = False
-        # Containers and objects are not changed (a look-ahead on shared state).
-        self.readonly = False
-        # Findings that do not stop the reading (frame problems), also handed to
-        # on_problem as they are met.
+        # Which stock unpicklers are still reading. Once the Python one has failed
+        # (a frame problem, a number only C parses...), reading goes on with the C
+        # one's semantics: frames ignored, no joblib array data.
+        self.python = True
+        self.c = True
+        # Findings that do not stop the reading (one unpickler fails, the other
+        # reads on), also handed to on_problem as they are met.
         self.problems: list[PickleError] = []
         self.on_problem: Callable[[PickleError], None] | None = None
         self.op_offset = 0  # offset of the opcode being followed
-        # Called where joblib reads raw array data, to follow the same bytes as
-        # plain pickle.load would (it reads them as opcodes).
-        self.shadow: Callable[[PickleMachine], None] | None = None
+        self.limit: int | None = None  # no opcode may start beyond this offset (set before run)
+        # Offset where joblib's reading first leaves plain pickle.load's: the first
+        # array data (raw bytes or a nested pickle) after a NumpyArrayWrapper.
+        self.first_array: int | None = None
+        # Symbols that hold a NumpyArrayWrapper class, by id (the values keep them
+        # alive): set as containers are made or filled, so asking costs nothing.
+        self.holds_wrapper: dict[int, Any] = {}
+        # At a persistent id, read on as a loader with a persistent_load would.
+        self.persistent_reads_on = True
+        # [start, end) of each block of raw array data skipped as joblib skips it.
+        self.array_spans: list[tuple[int, int]] = []
 
     # ------------------------------------------------------------ reading
     # The machine reads the source's window directly (`source.buf`, `source.pos`).
@@ -184,17 +187,42 @@ class PickleMachine:
     def _truncated(self) -> PickleError:
         return self._fail("truncated", "the pickle ends in the middle of an opcode", nature=FAILS)
 
-    def _frame_problem(self, message: str) -> None:
-        problem = PickleError(
-            "bad-frame",
-            f"{message}: joblib's (Python) unpickler stops there, pickle.load reads on",
-            self.op_offset,
-        )
+    def problem(self, code: str, message: str, offset: int) -> None:
+        """A finding that does not stop the reading (each kind once)."""
+        if any(seen.code == code for seen in self.problems):
+            return
+        problem = PickleError(code, message, offset)
         self.problems.append(problem)
         if self.on_problem is not None:
             self.on_problem(problem)
-        self.linear = True
-        self.on_array = None
+
+    def one_fails(self, loader: str, code: str, message: str, offset: int) -> None:
+        """Only `loader` (PYTHON or C) fails here: the machine follows the other one from
+        here on; if that one has failed before, nothing reads on (FAILS)."""
+        other_alive = self.c if loader == PYTHON else self.python
+        if not other_alive:
+            raise self._fail(code, message, offset, FAILS)
+        if loader == PYTHON and self.python:
+            self.python = False
+            self.on_array = None  # joblib has failed: no array data is skipped from here
+        elif loader == C and self.c:
+            self.c = False
+        else:
+            return
+        other = C if loader == PYTHON else PYTHON
+        self.problem(
+            code,
+            f"{message}: the {loader} unpickler fails here, the {other} one reads on",
+            offset,
+        )
+
+    @property
+    def linear(self) -> bool:
+        """Frames no longer matter: only the C unpickler, which ignores them, reads on."""
+        return not self.python
+
+    def _frame_problem(self, message: str) -> None:
+        self.one_fails(PYTHON, "bad-frame", message, self.op_offset)
 
     def _here(self) -> int:
         source = self.source
@@ -319,6 +347,13 @@ class PickleMachine:
 
     # ------------------------------------------------------------ run
 
+    def _persistent_object(self, opcode: int, offset: int, depth: int, exc: PickleError) -> None:
+        """Every stock loader fails at a persistent id (none has a persistent_load); one
+        that has reads on with whatever it returns: a finding, unless every loader
+        fails later before anything ran (a PNG's "\x89PNG" is NEWFALSE, PERSID)."""
+        self.problem(exc.code, exc.message, exc.offset)
+        _persistent_read_on(self, opcode, offset, depth)
+
     def run(self) -> Any:
         """Walk to STOP; returns the symbolic top-level object."""
         source = self.source
@@ -345,8 +380,14 @@ class PickleMachine:
             handler = dispatch[code]
             if handler is None:
                 raise self._fail("unknown-opcode", f"unknown opcode 0x{code:02x}", offset, FAILS)
-            if handler(self, offset):
-                return self.pop()
+            depth = len(self.stack)
+            try:
+                if handler(self, offset):
+                    return self.pop()
+            except PickleError as exc:
+                if exc.code != "persistent-id" or not self.persistent_reads_on:
+                    raise
+                self._persistent_object(code, offset, depth, exc)
 
     def _next_opcode(self) -> tuple[int, int]:
         """(offset, opcode) at a frame's end, the limit or the window's end."""
@@ -362,6 +403,16 @@ class PickleMachine:
                 FAILS,
             )
         return offset, code[0]
+
+
+def _persistent_read_on(vm: PickleMachine, opcode: int, offset: int, depth: int) -> None:
+    """Consume a persistent id's argument if the handler left it (PERSID's line,
+    BINPERSID's stack item) and push what a persistent_load returns."""
+    if opcode == b"P"[0] and vm.source.tell() == offset + 1:
+        vm.readline()
+    elif opcode == b"Q"[0] and len(vm.stack) == depth:
+        vm.pop()
+    vm.push(Opaque("persistent object"))
 
 
 def _inert(value: Any) -> bool:
@@ -477,16 +528,53 @@ def _false(vm: PickleMachine, offset: int) -> None:
     vm.stack.append(False)
 
 
-def _int_text(vm: PickleMachine, data: bytes, offset: int, base: int = 0) -> int:
+def _parsed(vm: PickleMachine, what: str, c_value: Any, py_value: Any, offset: int) -> Any:
+    """The value a text argument parses to, given what each unpickler makes of it
+    (None: that one fails). Where only one parses it, the machine follows that one."""
+    if c_value is None and py_value is None:
+        raise vm._fail("malformed", f"{what} argument is not a number", offset, FAILS)
+    if py_value is None:
+        vm.one_fails(PYTHON, "loaders-disagree", f"{what} argument only C parses", offset)
+        return c_value
+    if c_value is None:
+        vm.one_fails(C, "loaders-disagree", f"{what} argument only Python parses", offset)
+    return py_value
+
+
+def _int_or_none(data: bytes, base: int) -> int | None:
     try:
         return int(data, base)
-    except ValueError:
-        raise vm._fail("malformed", "an integer argument is not a number", offset, FAILS) from None
+    except ValueError:  # also over sys.get_int_max_str_digits(), in both unpicklers
+        return None
 
 
-# What C's strtol(s, &end, 0) reads whole: the C unpickler's INT takes it ("010" is
-# octal 8 there) before it falls back to int(s, 0), which is all the Python one does.
-_STRTOL = re.compile(rb"^[ \t\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$")
+def _c_string(data: bytes) -> bytes:
+    """The line as C functions read it: up to its first NUL byte."""
+    return data.split(b"\0", 1)[0]
+
+
+# What C's strtol(s, &end, 0) reads from the start of s ("010" is octal 8 there).
+_STRTOL = re.compile(rb"[ \t\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+_LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _c_int(data: bytes) -> int | None:
+    """The C unpickler's INT: strtol(s, &end, 0), taken if it stops at the newline or a
+    NUL byte (nothing read at all counts, if s starts with NUL: 0); otherwise, or on
+    overflow, PyLong_FromString(s, NULL, 0), which also stops at a NUL byte."""
+    text = _c_string(data)
+    match = _STRTOL.match(text)
+    if match is None:
+        if data[:1] == b"\0":
+            return 0
+    elif match.end() == len(text) and len(match.group(2)) <= 24:  # longer: out of range
+        sign, digits = match.group(1), match.group(2)
+        base = 16 if digits[:2].lower() == b"0x" else 8 if digits[:1] == b"0" else 10
+        value = int(digits[2:] if base == 16 else digits, base)
+        value = -value if sign == b"-" else value
+        if _LONG_MIN <= value <= _LONG_MAX:
+            return value
+    return _int_or_none(text, 0)
 
 
 @_op(b"I")
@@ -496,16 +584,10 @@ def _int(vm: PickleMachine, offset: int) -> None:
         vm.push(False)
     elif data == b"01":
         vm.push(True)
-    elif match := _STRTOL.match(data):
-        sign, digits = match.group(1), match.group(2)
-        base = 16 if digits[:2].lower() == b"0x" else 8 if digits[:1] == b"0" else 10
-        try:
-            value = int(digits[2:] if base == 16 else digits, base)
-        except ValueError:  # over sys.get_int_max_str_digits(): both unpicklers fail too
-            raise vm._fail("malformed", "an integer argument is too long", offset, FAILS) from None
-        vm.push(-value if sign == b"-" else value)
+    elif not data:
+        raise vm._fail("malformed", "INT argument is empty", offset, FAILS)
     else:
-        vm.push(_int_text(vm, data, offset))
+        vm.push(_parsed(vm, "INT", _c_int(data), _int_or_none(data, 0), offset))
 
 
 @_op(b"L")
@@ -513,7 +595,8 @@ def _long(vm: PickleMachine, offset: int) -> None:
     data = vm.readline()
     if data.endswith(b"L"):
         data = data[:-1]
-    vm.push(_int_text(vm, data, offset))
+    c_value = _int_or_none(_c_string(data), 0) if data else None
+    vm.push(_parsed(vm, "LONG", c_value, _int_or_none(data, 0), offset))
 
 
 @_op(b"J")
@@ -548,13 +631,38 @@ def _long4(vm: PickleMachine, offset: int) -> None:
     _long_bytes(vm, struct.unpack("<i", vm.read(4))[0], offset)
 
 
+# What the C unpickler's PyOS_string_to_double reads from the start of the line: no
+# whitespace, no underscores (Python's float() takes both).
+_C_FLOAT = re.compile(
+    rb"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|(?i:inf(?:inity)?|nan))"
+)
+
+
+def _c_float(data: bytes) -> float | None:
+    """The C unpickler's FLOAT: taken if the number stops at the newline or a NUL byte;
+    a finite number too large for a double fails (OverflowError)."""
+    text = _c_string(data)
+    match = _C_FLOAT.match(text)
+    if match is None or match.end() != len(text):
+        return None
+    value = float(text)
+    if math.isinf(value) and not text.lstrip(b"+-")[:1].isalpha():
+        return None
+    return value
+
+
+def _py_float(data: bytes) -> float | None:
+    try:
+        return float(data)
+    except ValueError:
+        return None
+
+
 @_op(b"F")
 def _float(vm: PickleMachine, offset: int) -> None:
     data = vm.readline()
-    try:
-        vm.push(float(data))
-    except ValueError:
-        raise vm._fail("malformed", "a float argument is not a number", offset, FAILS) from None
+    c_value = _c_float(data) if data else None
+    vm.push(_parsed(vm, "FLOAT", c_value, _py_float(data), offset))
 
 
 @_op(b"G")
@@ -566,14 +674,21 @@ def _binfloat(vm: PickleMachine, offset: int) -> None:
 
 
 def _ascii(vm: PickleMachine, data: Any, offset: int) -> Any:
-    # The unpickler decodes protocol 0-2 byte strings as ASCII by default (a
-    # loader may pass another encoding: the scanner refuses, not "fails").
+    # Both unpicklers decode protocol 0-2 byte strings as ASCII by default and fail on
+    # others; a loader may pass another encoding and read on. The machine reads on as
+    # with encoding="latin1" (a finding, unless every loader fails later anyway).
     if not isinstance(data, bytes):
         return data
     try:
         return data.decode("ascii")
     except UnicodeDecodeError:
-        raise vm._fail("malformed", "a byte string is not ASCII", offset) from None
+        vm.problem(
+            "not-ascii",
+            "a byte string is not ASCII: the default loaders fail here, a loader "
+            "given another encoding reads on",
+            offset,
+        )
+        return data.decode("latin1")
 
 
 @_op(b"S")
@@ -694,21 +809,45 @@ def _empty_tuple(vm: PickleMachine, offset: int) -> None:
     vm.stack.append(())
 
 
+def _holds_wrapper(vm: PickleMachine, value: Any) -> bool:
+    """The value is the NumpyArrayWrapper class or a container made holding it (at any
+    depth of containers made after it): a constant-time look-up, never a walk."""
+    # Only a Global equals one (dataclass equality): the class test spares the
+    # Python-level __eq__ for every other value.
+    return (value.__class__ is Global and value == JOBLIB_WRAPPER) or id(value) in vm.holds_wrapper
+
+
+def _mark_holder(vm: PickleMachine, container: Any, items: Any) -> Any:
+    """Record the container if any of the items holds the wrapper; returns it."""
+    holders = vm.holds_wrapper
+    for item in items:  # _holds_wrapper, inlined: every item of every container
+        if (item.__class__ is Global and item == JOBLIB_WRAPPER) or (
+            holders and id(item) in holders
+        ):
+            holders[id(container)] = container
+            break
+    return container
+
+
+def _push_tuple(vm: PickleMachine, items: Any) -> None:
+    vm.push(_mark_holder(vm, tuple(items), items))
+
+
 @_op(b"t")
 def _tuple(vm: PickleMachine, offset: int) -> None:
-    vm.push(tuple(vm.pop_mark()))
+    _push_tuple(vm, vm.pop_mark())
 
 
 @_op(b"\x85")
 def _tuple1(vm: PickleMachine, offset: int) -> None:
-    vm.push((vm.pop(),))
+    _push_tuple(vm, (vm.pop(),))
 
 
 @_op(b"\x86")
 def _tuple2(vm: PickleMachine, offset: int) -> None:
     b = vm.pop()
     a = vm.pop()
-    vm.push((a, b))
+    _push_tuple(vm, (a, b))
 
 
 @_op(b"\x87")
@@ -716,7 +855,7 @@ def _tuple3(vm: PickleMachine, offset: int) -> None:
     c = vm.pop()
     b = vm.pop()
     a = vm.pop()
-    vm.push((a, b, c))
+    _push_tuple(vm, (a, b, c))
 
 
 @_op(b"]")
@@ -726,7 +865,8 @@ def _empty_list(vm: PickleMachine, offset: int) -> None:
 
 @_op(b"l")
 def _list(vm: PickleMachine, offset: int) -> None:
-    vm.push(SList(vm.pop_mark()))
+    items = vm.pop_mark()
+    vm.push(_mark_holder(vm, SList(items), items))
 
 
 @_op(b"}")
@@ -734,12 +874,28 @@ def _empty_dict(vm: PickleMachine, offset: int) -> None:
     vm.stack.append(SDict())
 
 
-def _set_item(target: SDict, key: Any, value: Any) -> None:
-    # Only plain keys are hashed: hashing a tuple of shared tuples costs 2**depth.
-    if key is None or isinstance(key, str | bytes | int | float):
-        target.items[key] = value
-    else:
-        target.other.append((key, value))
+def _plain_key(key: Any) -> bool:
+    """A key hashed and compared in constant time: hashing a tuple of shared tuples
+    costs 2**depth, a long string or integer its length at every use."""
+    kind = type(key)
+    if kind is str or kind is bytes:  # the usual keys first
+        return len(key) <= MAX_KEY
+    if key is None or kind is bool or kind is float:
+        return True
+    return kind is int and -_KEY_INT <= key <= _KEY_INT
+
+
+_KEY_INT = 1 << 64
+
+
+def _set_items(vm: PickleMachine, target: SDict, items: list[Any]) -> None:
+    for i in range(0, len(items) - 1, 2):
+        key = items[i]
+        if _plain_key(key):
+            target.items[key] = items[i + 1]
+        else:
+            target.other.append((key, items[i + 1]))
+    _mark_holder(vm, target, items)
 
 
 @_op(b"d")
@@ -748,8 +904,7 @@ def _dict(vm: PickleMachine, offset: int) -> None:
     if len(items) % 2:
         raise vm._fail("malformed", "DICT with an odd number of items", offset, FAILS)
     result = SDict()
-    for i in range(0, len(items), 2):
-        _set_item(result, items[i], items[i + 1])
+    _set_items(vm, result, items)
     vm.push(result)
 
 
@@ -758,14 +913,19 @@ def _empty_set(vm: PickleMachine, offset: int) -> None:
     vm.push(SSet())
 
 
+class SFrozenSet(SSet):
+    """A frozenset: neither unpickler adds items to it."""
+
+
 @_op(b"\x91")
 def _frozenset(vm: PickleMachine, offset: int) -> None:
-    vm.push(SSet(vm.pop_mark()))
+    items = vm.pop_mark()
+    vm.push(_mark_holder(vm, SFrozenSet(items), items))
 
 
 def _container_target(vm: PickleMachine, kinds: tuple[type, ...], what: str, offset: int) -> Any:
     target = vm.top()
-    if isinstance(target, kinds):
+    if isinstance(target, kinds) and not isinstance(target, SFrozenSet):
         return target
     raise vm._fail(
         "indirect-call",
@@ -776,20 +936,57 @@ def _container_target(vm: PickleMachine, kinds: tuple[type, ...], what: str, off
     )
 
 
+def _python_lacks(value: Any, method: str) -> bool:
+    """The value is a plain one without the method (list.extend, set.add...) that the
+    Python unpickler looks up even for an empty MARK."""
+    if isinstance(value, Opaque):
+        return value.kind != "bytearray"  # bytearray.extend exists; str, bytes... lack both
+    if not _inert(value):
+        return False
+    if method == "extend":
+        return not isinstance(value, SList)
+    return not isinstance(value, SSet) or isinstance(value, SFrozenSet)
+
+
+def _empty_mark_on(vm: PickleMachine, what: str, method: str, offset: int) -> bool:
+    """APPENDS and ADDITEMS with an empty MARK: the C unpickler does nothing, whatever is
+    below it; the Python one looks the method up first (an object's method is not
+    called for nothing). True if that is this opcode (it is then done)."""
+    if vm.stack:
+        return False
+    vm.pop_mark()
+    target = vm.top()
+    if isinstance(target, Global):
+        raise vm._fail(
+            "indirect-call",
+            f"{what} on {_describe(target)}: the Python unpickler would call its {method}",
+            offset,
+        )
+    if _python_lacks(target, method):
+        vm.one_fails(PYTHON, "loaders-disagree", f"{what} with an empty MARK", offset)
+    return True
+
+
 @_op(b"a")
 def _append(vm: PickleMachine, offset: int) -> None:
     value = vm.pop()
     target = _container_target(vm, (SList, Obj), "APPEND", offset)
-    if isinstance(target, SList) and not vm.readonly:
+    if isinstance(target, SList):
         target.items.append(value)
+        _mark_holder(vm, target, (value,))
 
 
 @_op(b"e")
 def _appends(vm: PickleMachine, offset: int) -> None:
+    if not vm.metastack:
+        vm.pop_mark()  # fails: no MARK
+    if _empty_mark_on(vm, "APPENDS", "extend", offset):
+        return
     items = vm.pop_mark()
     target = _container_target(vm, (SList, Obj), "APPENDS", offset)
-    if isinstance(target, SList) and not vm.readonly:
+    if isinstance(target, SList):
         target.items.extend(items)
+        _mark_holder(vm, target, items)
 
 
 # SETITEM on a list assigns by index (list.__setitem__, nothing else runs); the
@@ -799,13 +996,16 @@ def _setitem(vm: PickleMachine, offset: int) -> None:
     value = vm.pop()
     key = vm.pop()
     target = _container_target(vm, (SDict, SList, Obj), "SETITEM", offset)
-    if isinstance(target, SDict) and not vm.readonly:
-        _set_item(target, key, value)
+    if isinstance(target, SDict):
+        _set_items(vm, target, [key, value])
 
 
 @_op(b"u")
 def _setitems(vm: PickleMachine, offset: int) -> None:
     items = vm.pop_mark()
+    if not items:
+        vm.top()  # both unpicklers do nothing, to anything, but need something there
+        return
     target = _container_target(vm, (SDict, SList, Obj), "SETITEMS", offset)
     if len(items) % 2:
         raise vm._fail(
@@ -814,17 +1014,20 @@ def _setitems(vm: PickleMachine, offset: int) -> None:
             offset,
             REFUSED if isinstance(target, Obj) else FAILS,
         )
-    if isinstance(target, SDict) and not vm.readonly:
-        for i in range(0, len(items), 2):
-            _set_item(target, items[i], items[i + 1])
+    if isinstance(target, SDict):
+        _set_items(vm, target, items)
 
 
 @_op(b"\x90")
 def _additems(vm: PickleMachine, offset: int) -> None:
+    if not vm.metastack:
+        vm.pop_mark()  # fails: no MARK
+    if _empty_mark_on(vm, "ADDITEMS", "add", offset):
+        return
     items = vm.pop_mark()
     target = _container_target(vm, (SSet,), "ADDITEMS", offset)
-    if not vm.readonly:
-        target.items.extend(items)
+    target.items.extend(items)
+    _mark_holder(vm, target, items)
 
 
 # ---- memo
@@ -843,16 +1046,35 @@ def _memo_put(vm: PickleMachine, key: int, offset: int) -> None:
     vm.memo[key] = vm.top()
 
 
-# GET and PUT read their key in base 10 (int(line)), unlike INT's base 0:
-# "01" is key 1 to the unpickler.
+def _memo_key(vm: PickleMachine, what: str, offset: int) -> int:
+    # GET and PUT read their key in base 10 (int(line)), unlike INT's base 0: "01" is
+    # key 1 to both unpicklers; the C one stops at a NUL byte.
+    data = vm.readline()
+    c_key = _int_or_none(_c_string(data), 10) if data else None
+    key: int = _parsed(vm, what, c_key, _int_or_none(data, 10), offset)
+    return key
+
+
 @_op(b"g")
 def _get(vm: PickleMachine, offset: int) -> None:
-    _memo_get(vm, _int_text(vm, vm.readline(), offset, 10), offset)
+    _memo_get(vm, _memo_key(vm, "GET", offset), offset)
 
 
 @_op(b"h")
 def _binget(vm: PickleMachine, offset: int) -> None:
-    _memo_get(vm, vm.read_byte(), offset)
+    # The commonest opcode of all: read_byte and _memo_get inlined.
+    source = vm.source
+    pos = source.pos
+    if pos < source.stop:
+        source.pos = pos + 1
+        key = source.buf[pos]
+    else:
+        key = vm.read(1)[0]
+    memo = vm.memo
+    if key in memo:
+        vm.stack.append(memo[key])
+    else:
+        _memo_get(vm, key, offset)
 
 
 @_op(b"j")
@@ -862,7 +1084,7 @@ def _long_binget(vm: PickleMachine, offset: int) -> None:
 
 @_op(b"p")
 def _put(vm: PickleMachine, offset: int) -> None:
-    _memo_put(vm, _int_text(vm, vm.readline(), offset, 10), offset)
+    _memo_put(vm, _memo_key(vm, "PUT", offset), offset)
 
 
 @_op(b"q")
@@ -916,22 +1138,16 @@ def _stack_global(vm: PickleMachine, offset: int) -> None:
     name = vm.pop()
     module = vm.pop()
     if type(name) is not str or type(module) is not str:
+        # A string too long to keep is a str to the unpicklers all the same.
+        long_string = any(isinstance(v, Opaque) and v.kind == "string" for v in (module, name))
         raise vm._fail(
             "indirect-global",
             "STACK_GLOBAL with a name that is not a plain string "
             f"({_describe(module)}, {_describe(name)})",
             offset,
-            FAILS,
+            REFUSED if long_string else FAILS,
         )
     vm.push(vm.resolve_global(module, name, offset))
-
-
-def _mentions_wrapper(value: Any, depth: int = 0) -> bool:
-    if value == JOBLIB_WRAPPER:
-        return True
-    if isinstance(value, tuple) and depth < 4:
-        return any(_mentions_wrapper(item, depth + 1) for item in value)
-    return False
 
 
 def _make(
@@ -940,7 +1156,7 @@ def _make(
     args: tuple[Any, ...],
     offset: int,
     init: bool,
-    kwargs: tuple[Any, ...] = (),
+    kwargs: SDict | None = None,
 ) -> None:
     """Push the object a call makes, refusing the ways to make a joblib array wrapper
     whose attributes the scanner would not know (joblib reads array data after any).
@@ -953,7 +1169,9 @@ def _make(
             "with NEWOBJ and a state",
             offset,
         )
-    if func != JOBLIB_WRAPPER and _mentions_wrapper(args + kwargs):
+    if func != JOBLIB_WRAPPER and (
+        _holds_wrapper(vm, args) or (kwargs is not None and _holds_wrapper(vm, kwargs))
+    ):
         raise vm._fail(
             "malformed",
             f"joblib.numpy_pickle.NumpyArrayWrapper passed to {func.qualified}: an object "
@@ -992,7 +1210,7 @@ def _newobj_ex(vm: PickleMachine, offset: int) -> None:
     cls = vm.callable_of(vm.pop(), "NEWOBJ_EX", offset)
     if not isinstance(args, tuple) or not isinstance(kwargs, SDict):
         raise vm._fail("malformed", "NEWOBJ_EX arguments are not a tuple and a dict", offset)
-    _make(vm, cls, args, offset, init=False, kwargs=tuple(kwargs.items.values()))
+    _make(vm, cls, args, offset, init=False, kwargs=kwargs)
 
 
 @_op(b"i")
@@ -1000,7 +1218,8 @@ def _inst(vm: PickleMachine, offset: int) -> None:
     module = _text_name(vm, offset)
     name = _text_name(vm, offset)
     cls = vm.resolve_global(module, name, offset)
-    _make(vm, cls, tuple(vm.pop_mark()), offset, init=True)
+    items = vm.pop_mark()
+    _make(vm, cls, _mark_holder(vm, tuple(items), items), offset, init=True)
 
 
 @_op(b"o")
@@ -1009,37 +1228,144 @@ def _obj(vm: PickleMachine, offset: int) -> None:
     if not items:
         raise vm._fail("malformed", "OBJ without a class", offset, FAILS)
     cls = vm.callable_of(items[0], "OBJ", offset)
-    _make(vm, cls, tuple(items[1:]), offset, init=True)
+    _make(vm, cls, _mark_holder(vm, tuple(items[1:]), items[1:]), offset, init=True)
 
 
 @_op(b"b")
 def _build(vm: PickleMachine, offset: int) -> None:
+    if len(vm.stack) < 2:
+        raise vm._fail("malformed", "BUILD without an object and a state", offset, FAILS)
     state = vm.pop()
     target = vm.top()
+    if _inert(target):
+        _build_plain(vm, state, offset)
+        return
     if not isinstance(target, Obj):
         raise vm._fail(
             "indirect-call",
             f"BUILD on {_describe(target)}: it would set attributes of something "
             "that is not an object made by an allowed class",
             offset,
-            FAILS if _inert(target) else REFUSED,
         )
+    if target.callable in DICT_STATE_CLASSES:
+        state = _merged_state(vm, target, state, offset)
     try:
-        # A look-ahead checks the state too (pickle.load would build it), on a
-        # copy: it must not change what the machine it looks ahead for holds.
-        built = states.checked_build(replace(target) if vm.readonly else target, state)
+        built = states.checked_build(target, state)
     except states.UnsafeState as exc:
         raise vm._fail(
             "unsafe-state", f"{target.callable.qualified}: {exc.message}", offset
         ) from None
-    if vm.readonly:
-        return
     vm.stack[-1] = built
     if vm.on_array is not None and target.callable == JOBLIB_WRAPPER:
         vm.stack[-1] = vm.on_array(vm, target, offset)
 
 
+# Allowed classes without __setstate__ whose state is read (joblib's wrapper; a state
+# validator for such a class registers it here too): BUILD merges a dict state into the
+# object's __dict__ (and setattr's a 2-tuple state's slot part), it does not replace it.
+# Their Obj.state is that __dict__, as an SDict, and validators see it whole. joblib
+# reads array data after every BUILD on its wrapper, with the attributes merged so far.
+DICT_STATE_CLASSES: set[Global] = set()
+
+
+def _split_state(state: Any) -> tuple[Any, Any]:
+    """(dict state, slot state) as both unpicklers split a BUILD state."""
+    if isinstance(state, tuple) and len(state) == 2:
+        return state[0], state[1]
+    return state, None
+
+
+def _truth(value: Any) -> bool | None:
+    """bool(value) for a symbol, or None where the object's own code decides."""
+    if value is None or isinstance(value, bool | int | float | str | bytes | tuple):
+        return bool(value)
+    if isinstance(value, SList | SSet):
+        return bool(value.items)
+    if isinstance(value, SDict):
+        return bool(value.items or value.other)
+    if isinstance(value, Opaque) and value.kind in ("bytearray", "string", "bytes"):
+        return value.size > 0
+    return None
+
+
+def _unknown_truth(vm: PickleMachine, offset: int) -> PickleError:
+    return vm._fail(
+        "indirect-call",
+        "BUILD with a state whose truth value or items come from an object's own code",
+        offset,
+    )
+
+
+def _build_plain(vm: PickleMachine, state: Any, offset: int) -> None:
+    """BUILD on a plain value (no __setstate__, no __dict__): the Python unpickler does
+    nothing if both parts of the state are falsy; the C one only if the dict part is
+    None and the slot part None or an empty dict. Otherwise each fails."""
+    dict_part, slot_part = _split_state(state)
+    truths = (_truth(dict_part), _truth(slot_part))
+    if None in truths:
+        raise _unknown_truth(vm, offset)
+    python_ok = not any(truths)
+    c_ok = dict_part is None and (
+        slot_part is None or (isinstance(slot_part, SDict) and not truths[1])
+    )
+    if not python_ok and not c_ok:
+        raise vm._fail(
+            "malformed", f"BUILD on {_describe(vm.top())}: it has no attributes", offset, FAILS
+        )
+    if not python_ok:
+        vm.one_fails(PYTHON, "loaders-disagree", "BUILD on a plain value", offset)
+    elif not c_ok:
+        vm.one_fails(C, "loaders-disagree", "BUILD on a plain value", offset)
+
+
+def _merged_state(vm: PickleMachine, target: Obj, state: Any, offset: int) -> SDict:
+    """The object's __dict__ after BUILD merges the state into it, as each unpickler
+    does: Python merges a truthy dict part and setattr's a truthy slot part; C merges a
+    dict part that is not None (it must be a dict) and setattr's a slot part that is
+    not None (a dict too). Where only one of them fails, the other is followed."""
+    dict_part, slot_part = _split_state(state)
+    truths = (_truth(dict_part), _truth(slot_part))
+    if None in truths:
+        raise _unknown_truth(vm, offset)
+    python_fails = c_fails = False
+    for part, truth, is_slot in ((dict_part, truths[0], False), (slot_part, truths[1], True)):
+        if truth and not isinstance(part, SDict):
+            python_fails = True  # it has no items()
+        if part is not None and not isinstance(part, SDict):
+            c_fails = True  # "state is not a dictionary"
+        if isinstance(part, SDict):
+            if target.callable == JOBLIB_WRAPPER and len(part.items) + len(part.other) > MAX_MERGED:
+                raise vm._fail(
+                    "malformed",
+                    f"BUILD state of {target.callable.qualified} is too large",
+                    offset,
+                )
+            if is_slot and (part.other or not all(type(k) is str for k in part.items)):
+                # setattr takes only str names (an Obj key might be a str subclass).
+                if any(not _inert(k) for k, _ in part.other):
+                    raise _unknown_truth(vm, offset)
+                python_fails = c_fails = True
+    if python_fails and c_fails:
+        raise vm._fail(
+            "malformed",
+            f"BUILD state of {target.callable.qualified} is not a dict",
+            offset,
+            FAILS,
+        )
+    if python_fails:
+        vm.one_fails(PYTHON, "loaders-disagree", "BUILD state only C takes", offset)
+    elif c_fails:
+        vm.one_fails(C, "loaders-disagree", "BUILD state only Python takes", offset)
+    merged = target.state if isinstance(target.state, SDict) else SDict()
+    for part in (dict_part, slot_part):
+        if isinstance(part, SDict):
+            merged.items.update(part.items)
+            merged.other.extend(part.other)
+    return merged
+
+
 JOBLIB_WRAPPER = Global("joblib.numpy_pickle", "NumpyArrayWrapper")
+DICT_STATE_CLASSES.add(JOBLIB_WRAPPER)
 # ---- refused outright
 
 
@@ -1071,8 +1397,9 @@ for _code in (b"\x82", b"\x83", b"\x84"):
 
 
 def product(shape: tuple[Any, ...]) -> int | None:
-    """The element count of a shape of plain non-negative ints, else None."""
-    if not all(type(n) is int and n >= 0 for n in shape):
+    """The element count of a shape of plain non-negative ints, else None (also for
+    more dimensions than numpy has, or a size joblib's int64 cast refuses)."""
+    if len(shape) > MAX_DIMS or not all(type(n) is int and 0 <= n < 1 << 63 for n in shape):
         return None
     return int(math.prod(shape))
 
@@ -1081,10 +1408,11 @@ __all__ = [
     "CALLS_OBJECT",
     "FAILS",
     "JOBLIB_WRAPPER",
+    "PYTHON",
     "REFUSED",
+    "C",
     "Global",
     "GlobalUse",
-    "MemoOverlay",
     "Obj",
     "Opaque",
     "PickleError",
@@ -1093,5 +1421,6 @@ __all__ = [
     "SList",
     "SSet",
     "StreamError",
+    "importable",
     "product",
 ]

@@ -9,27 +9,30 @@ A file in an executable format that cannot be followed to its end is unsafe.
 
 An uncompressed joblib file is read the way both its loaders read it:
 joblib.load skips raw array data, plain pickle.load reads those bytes as
-opcodes; the scanner follows both (the second as a look-ahead from each array).
+opcodes; the scanner follows both (the second as a second pass over the file,
+which parts from joblib's reading at the first array).
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import re
+import sys
 import zipfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from integrity.safety.allowlist import AllowList
 from integrity.safety.arrays import read_joblib_array
 from integrity.safety.pickle_vm import (
     FAILS,
-    REFUSED,
     GlobalUse,
-    MemoOverlay,
     PickleError,
     PickleMachine,
+    importable,
 )
 from integrity.safety.streams import (
     MAX_RATIO,
@@ -58,15 +61,16 @@ JOBLIB_LEGACY_PREFIX = b"ZF"
 MAX_NPY_HEADER = 1 << 20
 MAX_ZIP_MEMBERS = 10_000
 MAX_APPENDED = 16  # pickles after the first one that are scanned to name what they load
-# Bytes of array data, in all, followed as plain pickle.load reads them. Real
+# Bytes after the first array, followed as plain pickle.load reads them. Real
 # array data stops being opcodes within a few bytes; more is refused.
 LOOKAHEAD_BUDGET = 64 << 20
 # joblib < 0.10: "ZF", the data length in hex padded to 19 bytes, then zlib data.
 LEGACY_HEADER = 2 + 19
-_IMPORTABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-# Errors that end a look-ahead harmlessly: no stock loader passes persistent
-# ids or registers extensions, and pickle.load returns at STOP whatever follows.
-_LOOKAHEAD_HARMLESS = {"persistent-id", "extension-registry", "bad-frame"}
+# Where the second pass stops with these, plain pickle.load fails too: it has no
+# persistent_load, and no extension codes are registered in a stock process.
+_PLAIN_FAILS = {"persistent-id", "extension-registry"}
+# Longer names are never allowed: refused without building or hashing them again.
+MAX_NAME = 1024
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,10 @@ class ScanResult:
     findings: list[ScanFinding] = field(default_factory=list)
     globals_used: list[GlobalUse] = field(default_factory=list)
     extended: dict[str, str] = field(default_factory=dict)  # user allow-list entries used
+    # [start, end) of every block of raw array data joblib.load skips (padding byte and
+    # padding included), in order, as offsets in the stream the loader reads (decompressed
+    # offsets for a compressed file).
+    array_spans: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def safe(self) -> bool:
@@ -122,7 +130,8 @@ class _Scan:
         self.member: str | None = None
         self.decompressed = False
         self._reported: set[str] = set()
-        self.lookahead_budget = LOOKAHEAD_BUDGET
+        self._verdicts: dict[tuple[str, str], str] = {}
+        self._problems_added = 0  # findings the current stream's problems added
 
     def add(
         self, code: str, message: str, offset: int | None = None, name: str | None = None
@@ -137,14 +146,42 @@ class _Scan:
             )
 
     def check_global(self, use: GlobalUse) -> None:
+        verdict = self._verdict(use)
+        if verdict is None:
+            self.result.globals_used.append(use)
+
+    def _verdict(self, use: GlobalUse, hidden: bool = False) -> str | None:
+        """None if the global is allowed; else the finding's message (added once per
+        name). Cached per name: a pickle may name the same long strings many times."""
+        key = (use.module, use.name)
+        if len(use.module) + len(use.name) > MAX_NAME:
+            self.add(
+                "disallowed-global",
+                f"{use.module[:64]}....{use.name[:64]}: a name {len(use.name)} characters "
+                "long: not on the allow-list",
+                use.offset,
+                "(long name)",
+            )
+            return "long name"
+        cached = self._verdicts.get(key)
+        if cached is not None:
+            return cached or None
         verdict = self.allowlist.verdict(use.module, use.name)
         qualified = f"{use.module}.{use.name}"
         if verdict.allowed:
-            self.result.globals_used.append(use)
             if verdict.extended_reason is not None:
                 self.result.extended[qualified] = verdict.extended_reason
-            return
-        self.add(verdict.code, f"{qualified}: {verdict.description}", use.offset, qualified)
+            self._verdicts[key] = ""
+            return None
+        message = f"{qualified}: {verdict.description}"
+        if hidden:
+            message += (
+                " (hidden in joblib array data: joblib.load skips it, plain pickle.load "
+                "reads it as an opcode)"
+            )
+        self.add(verdict.code, message, use.offset, qualified)
+        self._verdicts[key] = message
+        return message
 
     def pickle_stream(
         self, source: Source, *, sniff: bool, joblib: bool, trailing_ok: bool = False
@@ -154,10 +191,9 @@ class _Scan:
         anything). `joblib`: joblib's loader reads it (raw array data after each
         NumpyArrayWrapper); otherwise plain pickle.load semantics."""
         start = len(self.result.findings)
+        self._problems_added = 0
+        begin = source.tell()
         vm = PickleMachine(source, self.check_global, read_joblib_array if joblib else None)
-        if joblib and isinstance(source, FileSource):
-            # pickle.load can read this file too: array data is opcodes to it.
-            vm.shadow = self.lookahead
         vm.on_problem = self._problem
         try:
             vm.run()
@@ -165,23 +201,30 @@ class _Scan:
             if (
                 sniff
                 and exc.nature == FAILS
-                and vm.proto == 0
-                and not vm.problems
                 and not self.result.globals_used
-                and (len(self.result.findings) == start)
+                and len(self.result.findings) - start == self._problems_added
             ):
+                # Nothing ran under any loader: the findings on the way (one
+                # unpickler failed, the other read on) say nothing about this file.
+                del self.result.findings[start:]
                 return False
             self.add(exc.code, exc.message, exc.offset)
-            return True
         except StreamError as exc:
             self.add("bad-compression", str(exc), source.tell())
-            return True
-        if not trailing_ok:
-            self._trailing(source, joblib)
+        else:
+            if not trailing_ok:
+                self._trailing(source, joblib)
+        finally:
+            self.result.array_spans.extend(vm.array_spans)
+        if vm.first_array is not None and isinstance(source, FileSource):
+            # pickle.load can read this file too: array data is opcodes to it.
+            self._plain_pass(source, begin, vm.first_array)
         return True
 
     def _problem(self, problem: PickleError) -> None:
+        before = len(self.result.findings)
         self.add(problem.code, problem.message, problem.offset)
+        self._problems_added += len(self.result.findings) - before
 
     def _trailing(self, source: Source, joblib: bool) -> None:
         """Data after STOP is a finding; pickles appended there are scanned too, to
@@ -209,42 +252,33 @@ class _Scan:
             if not more:
                 return
 
-    def lookahead(self, vm: PickleMachine) -> None:
-        """At joblib array data: follow the next bytes as plain pickle.load would
-        (as opcodes, with the stack and memo as they are), until it fails, stops,
-        or names a global the allow-list refuses (a finding)."""
-        source = vm.source
-        assert isinstance(source, FileSource)
-        start = source.tell()
-        if self.lookahead_budget <= 0:
-            self._lookahead_exhausted(start)
-            return
-        look = PickleMachine(source, self._lookahead_check, None, depth=vm.depth)
-        look.proto = vm.proto
-        look.stack = list(vm.stack)
-        look.metastack = [list(level) for level in vm.metastack]
-        look.memo = MemoOverlay(vm.memo)
-        look.readonly = True
-        look.linear = True  # the C unpickler ignores frames
-        look.limit = start + self.lookahead_budget
+    def _plain_pass(self, source: FileSource, begin: int, first_array: int) -> None:
+        """Read the file again as plain pickle.load does (the C and the pure-Python
+        unpickler): the same as joblib's reading up to the first array, then the array
+        data as opcodes, until every unpickler fails or stops. Its findings from there
+        on are this file's too."""
+        source.seek(begin)
+        plain = PickleMachine(source, partial(self._plain_check, first_array), None)
+        plain.persistent_reads_on = False
+        plain.limit = first_array + LOOKAHEAD_BUDGET
         try:
-            look.run()
+            plain.run()
         except PickleError as exc:
             if exc.code == "too-long":
-                self.lookahead_budget = 0
-                self._lookahead_exhausted(start)
-            elif exc.nature == REFUSED and exc.code not in _LOOKAHEAD_HARMLESS:
+                self._lookahead_exhausted(first_array)
+            # bad-frame: a STOP inside a frame; pickle.load returns all the same.
+            elif (
+                exc.offset >= first_array
+                and exc.nature != FAILS
+                and exc.code not in _PLAIN_FAILS
+                and exc.code != "bad-frame"
+            ):
                 self.add(
                     exc.code,
                     f"{exc.message} (in joblib array data, which plain pickle.load "
                     "reads as opcodes)",
                     exc.offset,
                 )
-        except StreamError:
-            pass
-        finally:
-            self.lookahead_budget -= max(0, source.tell() - start)
-            source.seek(start)
 
     def _lookahead_exhausted(self, offset: int) -> None:
         self.add(
@@ -255,21 +289,31 @@ class _Scan:
             "lookahead-exhausted",  # reported once
         )
 
-    def _lookahead_check(self, use: GlobalUse) -> None:
-        if not (_IMPORTABLE.match(use.module) and _IMPORTABLE.match(use.name)):
-            # Not a name any module has: the import fails, nothing runs.
-            raise PickleError("malformed", "not an importable name", use.offset, FAILS)
-        verdict = self.allowlist.verdict(use.module, use.name)
-        if verdict.allowed:
+    def _plain_check(self, first_array: int, use: GlobalUse) -> None:
+        if use.offset < first_array:  # joblib's reading named the same
             return
-        qualified = f"{use.module}.{use.name}"
-        self.add(
-            verdict.code,
-            f"{qualified}: {verdict.description} (hidden in joblib array data: joblib.load "
-            "skips it, plain pickle.load reads it as an opcode)",
-            use.offset,
-            qualified,
-        )
+        top = use.module.split(".", 1)[0]
+        if (use.module, use.name) not in self._verdicts and not (
+            importable(use.module) and _module_exists(top)
+        ):
+            # pickle.load reads an object array's nested pickle with the outer pickle's
+            # memo: its memo keys fetch other strings, and it imports names like
+            # "subclass". A top-level module that does not exist fails to import.
+            raise PickleError(
+                "malformed", f"no module {top!r}: the import fails", use.offset, FAILS
+            )
+        self._verdict(use, hidden=True)
+
+
+def _module_exists(top: str) -> bool:
+    """Whether a top-level module of this name can be imported here (found, never
+    imported: finders only look for it)."""
+    if top in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def scan_fd(fd: int, display: str, allowlist: AllowList | None = None) -> ScanResult:
