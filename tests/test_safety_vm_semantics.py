@@ -28,6 +28,7 @@ from malicious_corpus import (
     NEWOBJ,
     NONE,
     POP,
+    REDUCE,
     REPO,
     SETITEMS,
     STOP,
@@ -152,7 +153,42 @@ LOOKAHEAD_CASES = [
         filename="model.joblib",
     ),
 ]
-ALL_CASES = BUILD_CASES + EMPTY_MARK_CASES + TEXT_NUMBER_CASES + MERGE_CASES + LOOKAHEAD_CASES
+
+
+def _planted(method: str, then: Callable[[Target], bytes], func: str) -> Callable[[Target], bytes]:
+    """An OrderedDict (allowed) whose BUILD state sets `method` to a dangerous function,
+    then the opcode that looks it up on the object and calls it with the command."""
+
+    def build(target: Target) -> bytes:
+        made = sglobal("collections", "OrderedDict") + EMPTY_TUPLE + REDUCE
+        module, name = func.split(".")
+        state = EMPTY_DICT + ustr(method) + sglobal(module, name) + b"s"
+        return proto(4) + made + state + BUILD + then(target) + STOP
+
+    return build
+
+
+def _argv(target: Target) -> bytes:
+    return MARK + ustr("touch") + ustr(str(target.marker)) + b"e"  # extend(["touch", path])
+
+
+PLANTED_CASES = [
+    Case("planted_append", _planted("append", lambda t: ustr(t.shell) + b"a", SYSTEM), (SYSTEM,)),
+    Case("planted_extend", _planted("extend", _argv, "subprocess.call"), ("subprocess.call",)),
+    Case(
+        "planted_setstate",
+        _planted("__setstate__", lambda t: ustr(t.shell) + BUILD, SYSTEM),
+        (SYSTEM,),
+    ),
+]
+ALL_CASES = (
+    PLANTED_CASES
+    + BUILD_CASES
+    + EMPTY_MARK_CASES
+    + TEXT_NUMBER_CASES
+    + MERGE_CASES
+    + LOOKAHEAD_CASES
+)
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +245,27 @@ def test_joblib_build_merges_the_wrapper_state(
     case: Case, corpus: dict[str, Built], controls: dict[str, tuple[Outcome, bool]]
 ) -> None:
     _assert_real_and_refused(case, corpus, controls)
+
+
+@by_name(PLANTED_CASES)
+def test_build_state_cannot_plant_a_method_the_unpickler_calls(
+    case: Case, corpus: dict[str, Built], controls: dict[str, tuple[Outcome, bool]]
+) -> None:
+    _assert_real_and_refused(case, corpus, controls)
+
+
+@pytest.mark.parametrize("method", ["append", "extend", "__setstate__", "add"])
+def test_a_planted_method_is_refused_even_when_it_is_allowed(method: str, tmp_path: Path) -> None:
+    """Whatever the planted value (here an allowed class), the later call is one the scan
+    never checks: the BUILD that plants it is refused."""
+    made = sglobal("collections", "OrderedDict") + EMPTY_TUPLE + REDUCE
+    planted = sglobal("collections", "OrderedDict")
+    state = EMPTY_DICT + ustr(method) + planted + b"s"
+    path = tmp_path / "planted.pkl"
+    path.write_bytes(proto(4) + made + state + BUILD + STOP)
+    result = scan_path(path)
+    assert [f.code for f in result.findings] == ["indirect-call"]
+    assert method in result.findings[0].message
 
 
 @by_name(LOOKAHEAD_CASES)
@@ -402,3 +459,103 @@ def test_pathological_input_scans_in_linear_time(name: str, tmp_path: Path) -> N
     times = json.loads(run.stdout)
     ratio = times["input"] / times["ordinary"]
     assert ratio < MAX_RATIO, f"{name}: {ratio:.1f}x an ordinary pickle's time per byte"
+
+
+# ------------------------------------------------------------------ every failure, both loaders
+
+# Openings of a file that does not start with PROTO, each followed by NONE and STOP. The
+# scan calls the file not a pickle exactly when both stock unpicklers fail on it: a point
+# where the machine stops as "every unpickler fails" is one where both really do.
+OPENINGS = {
+    "build_none": b"K\x01Nb",
+    "build_zero": b"K\x01K\x00b",
+    "build_empty_dict": b"K\x01}b",
+    "build_empty_tuple": b"K\x01)b",
+    "build_none_empty_slots": b"K\x01N}\x86b",
+    "build_none_none_slots": b"K\x01NN\x86b",
+    "build_empty_dict_none_slots": b"K\x01}N\x86b",
+    "build_truthy_state": b"K\x01K\x01b",
+    "build_short_stack": b"Nb",
+    "setitems_empty": b"K\x01(u",
+    "setitems_empty_nothing_below": b"(u",
+    "setitems_odd": b"}(Nu",
+    "appends_empty_on_int": b"K\x01(e",
+    "appends_empty_on_list": b"](e",
+    "additems_empty_on_int": b"K\x01(\x90",
+    "additems_empty_on_set": b"\x8f(\x90",
+    "additems_empty_on_frozenset": b"(\x91(\x90",
+    "additems_on_frozenset": b"(\x91(K\x01\x90",
+    "int_nul": b"I1\x00x\n",
+    "int_only_nul": b"I\x00\n",
+    "int_octal": b"I010\n",
+    "int_not_a_number": b"Ix\n",
+    "int_empty": b"I\n",
+    "long_nul": b"L1\x00x\n",
+    "long_suffix": b"L1L\n",
+    "long_not_a_number": b"Lx\n",
+    "float_nul": b"F1.5\x00x\n",
+    "float_trailing_space": b"F1.5 \n",
+    "float_underscore": b"F1_0\n",
+    "float_too_large_for_c": b"F1e999\n",
+    "float_bad_exponent": b"F1e\n",
+    "get_nul": b"Np0\ng0\x00x\n0",
+    "put_nul": b"Np0\x00x\n0",
+    "put_negative": b"Np-1\n",
+    "get_missing": b"g0\n",
+    "binget_missing": b"h\x00",
+    "pop_empty": b"0",
+    "pop_mark_without_mark": b"1",
+    "dup_empty": b"2",
+    "dict_odd": b"(Nd",
+    "stack_global_not_str": b"K\x01K\x02\x93",
+    "obj_without_class": b"(o",
+    "reduce_a_string": b"\x8c\x01a)R",
+    "readonly_buffer_on_none": b"N\x98",
+    "next_buffer": b"\x97",
+    "string_unquoted": b"S'a\n",
+    "binstring_negative": b"T\xff\xff\xff\xff",
+    "unicode_bad_escape": b"V\\u12\n",
+    "png_signature": b"\x89PNG\r\n\x1a\n",
+    "unknown_opcode": b"\x00",
+}
+OPENING_LOADS = [
+    _text_case(name, opening + b"N.", control)
+    for name, opening in OPENINGS.items()
+    for control in ("pickle", "pickle_python")
+]
+
+
+@pytest.fixture(scope="module")
+def opening_loads(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, tuple[Outcome, bool]]]:
+    root = tmp_path_factory.mktemp("openings")
+    with load_corpus(root, OPENING_LOADS, lambda c: c.control, wait_seconds=0) as loaded:
+        yield loaded
+
+
+@pytest.mark.parametrize("name", list(OPENINGS))
+def test_not_a_pickle_exactly_where_both_unpicklers_fail(
+    name: str, tmp_path: Path, opening_loads: dict[str, tuple[Outcome, bool]]
+) -> None:
+    fails = {
+        control: opening_loads[f"{name}-{control}"][0]["outcome"] == "raised"
+        for control in ("pickle", "pickle_python")
+    }
+    path = tmp_path / name
+    path.write_bytes(OPENINGS[name] + b"N.")
+    result = scan_path(path)
+    assert (result.format == "not-pickle") == all(fails.values()), (fails, result)
+    if result.format == "not-pickle":
+        assert result.findings == []
+
+
+def test_a_byte_string_not_ascii_is_read_on_as_a_loader_given_an_encoding_would(
+    tmp_path: Path,
+) -> None:
+    """The default loaders fail on it; pickle.load(f, encoding="latin1") reads on, so a
+    file that goes on to a STOP is a pickle, with the finding, not 'not a pickle'."""
+    path = tmp_path / "latin1.pkl"
+    path.write_bytes(b"U\x02\xc3\xa9N.")
+    result = scan_path(path)
+    assert (result.format, [f.code for f in result.findings]) == ("pickle", ["not-ascii"])

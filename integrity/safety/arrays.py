@@ -105,7 +105,10 @@ def read_joblib_array(vm: PickleMachine, wrapper: Obj, offset: int) -> Any:
     except DtypeError as exc:
         raise vm._fail("malformed", f"NumpyArrayWrapper {exc}", offset) from None
     if vm.first_array is None:
-        vm.first_array = vm.source.tell()  # plain pickle.load reads on from here as opcodes
+        # Plain pickle.load reads on from here as opcodes (the scanner's second pass);
+        # from here on this machine follows joblib's reading alone.
+        vm.first_array = vm.source.tell()
+        vm.c = False
     # The array's bytes are read from the file, not from a pickle frame: a
     # frame still open here means the scanner and the loader would disagree.
     if vm.frame_end is not None and vm.source.tell() < vm.frame_end:
@@ -116,6 +119,7 @@ def read_joblib_array(vm: PickleMachine, wrapper: Obj, offset: int) -> Any:
             raise vm._fail("malformed", "object arrays nested too deeply", offset)
         # joblib reads it with a plain unpickler: no raw array data inside.
         nested = PickleMachine(vm.source, vm.check_global, None, depth=vm.depth + 1)
+        nested.c = False  # joblib's plain pure-Python Unpickler alone reads it
         nested.run()
         return Opaque("object array")
     start = vm.source.tell()

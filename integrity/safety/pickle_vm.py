@@ -148,8 +148,9 @@ class PickleMachine:
         # Offset where joblib's reading first leaves plain pickle.load's: the first
         # array data (raw bytes or a nested pickle) after a NumpyArrayWrapper.
         self.first_array: int | None = None
-        # Symbols that hold a NumpyArrayWrapper class, by id (the values keep them
-        # alive): set as containers are made or filled, so asking costs nothing.
+        # Symbols that are or hold a NumpyArrayWrapper class, by id (the values keep
+        # them alive): set as globals are named and containers made or filled, so
+        # asking costs nothing.
         self.holds_wrapper: dict[int, Any] = {}
         # At a persistent id, read on as a loader with a persistent_load would.
         self.persistent_reads_on = True
@@ -331,7 +332,10 @@ class PickleMachine:
         """The (module, name) the unpickler's find_class would import, checked."""
         module, name = python3_name(self.proto, module, name)
         self.check_global(GlobalUse(module, name, offset))
-        return Global(module, name)
+        found = Global(module, name)
+        if found == JOBLIB_WRAPPER:
+            self.holds_wrapper[id(found)] = found  # see _holds_wrapper
+        return found
 
     def callable_of(self, value: Any, what: str, offset: int) -> Global:
         if isinstance(value, Global):
@@ -812,20 +816,14 @@ def _empty_tuple(vm: PickleMachine, offset: int) -> None:
 def _holds_wrapper(vm: PickleMachine, value: Any) -> bool:
     """The value is the NumpyArrayWrapper class or a container made holding it (at any
     depth of containers made after it): a constant-time look-up, never a walk."""
-    # Only a Global equals one (dataclass equality): the class test spares the
-    # Python-level __eq__ for every other value.
-    return (value.__class__ is Global and value == JOBLIB_WRAPPER) or id(value) in vm.holds_wrapper
+    return id(value) in vm.holds_wrapper
 
 
 def _mark_holder(vm: PickleMachine, container: Any, items: Any) -> Any:
     """Record the container if any of the items holds the wrapper; returns it."""
     holders = vm.holds_wrapper
-    for item in items:  # _holds_wrapper, inlined: every item of every container
-        if (item.__class__ is Global and item == JOBLIB_WRAPPER) or (
-            holders and id(item) in holders
-        ):
-            holders[id(container)] = container
-            break
+    if holders and any(map(holders.__contains__, map(id, items))):
+        holders[id(container)] = container
     return container
 
 
@@ -939,8 +937,8 @@ def _container_target(vm: PickleMachine, kinds: tuple[type, ...], what: str, off
 def _python_lacks(value: Any, method: str) -> bool:
     """The value is a plain one without the method (list.extend, set.add...) that the
     Python unpickler looks up even for an empty MARK."""
-    if isinstance(value, Opaque):
-        return value.kind != "bytearray"  # bytearray.extend exists; str, bytes... lack both
+    if isinstance(value, Opaque):  # bytearray.extend exists; str, bytes, arrays... lack both
+        return method != "extend" or value.kind != "bytearray"
     if not _inert(value):
         return False
     if method == "extend":
@@ -1247,6 +1245,7 @@ def _build(vm: PickleMachine, offset: int) -> None:
             "that is not an object made by an allowed class",
             offset,
         )
+    _refuse_planted_methods(vm, target, state, offset)
     if target.callable in DICT_STATE_CLASSES:
         state = _merged_state(vm, target, state, offset)
     try:
@@ -1268,11 +1267,33 @@ def _build(vm: PickleMachine, offset: int) -> None:
 DICT_STATE_CLASSES: set[Global] = set()
 
 
-def _split_state(state: Any) -> tuple[Any, Any]:
-    """(dict state, slot state) as both unpicklers split a BUILD state."""
+# Attributes both unpicklers look up on the object itself, so an entry of its __dict__
+# wins over the class's method: BUILD calls __setstate__, APPEND(S) call append or
+# extend, ADDITEMS calls add. A state that sets one plants a call of any value.
+_LOOKED_UP = ("__setstate__", "append", "extend", "add")
+
+
+def _refuse_planted_methods(vm: PickleMachine, target: Obj, state: Any, offset: int) -> None:
+    for part in _split_state(state)[:2]:
+        if not isinstance(part, SDict):
+            continue
+        planted = [name for name in _LOOKED_UP if name in part.items]
+        if planted or any(isinstance(key, Obj) for key, _ in part.other):
+            raise vm._fail(
+                "indirect-call",
+                f"BUILD state of {target.callable.qualified} sets "
+                f"{planted[0] if planted else 'an attribute named by an object'}: the "
+                "unpickler looks it up on the object and calls whatever it holds",
+                offset,
+            )
+
+
+def _split_state(state: Any) -> tuple[Any, Any, bool]:
+    """(dict state, slot state, whether there is a slot state) as both unpicklers split
+    a BUILD state: a 2-tuple is the two parts."""
     if isinstance(state, tuple) and len(state) == 2:
-        return state[0], state[1]
-    return state, None
+        return state[0], state[1], True
+    return state, None, False
 
 
 def _truth(value: Any) -> bool | None:
@@ -1299,15 +1320,14 @@ def _unknown_truth(vm: PickleMachine, offset: int) -> PickleError:
 def _build_plain(vm: PickleMachine, state: Any, offset: int) -> None:
     """BUILD on a plain value (no __setstate__, no __dict__): the Python unpickler does
     nothing if both parts of the state are falsy; the C one only if the dict part is
-    None and the slot part None or an empty dict. Otherwise each fails."""
-    dict_part, slot_part = _split_state(state)
+    None and the slot part, if any, an empty dict (None fails there). Otherwise each
+    fails."""
+    dict_part, slot_part, has_slot = _split_state(state)
     truths = (_truth(dict_part), _truth(slot_part))
     if None in truths:
         raise _unknown_truth(vm, offset)
     python_ok = not any(truths)
-    c_ok = dict_part is None and (
-        slot_part is None or (isinstance(slot_part, SDict) and not truths[1])
-    )
+    c_ok = dict_part is None and (not has_slot or (isinstance(slot_part, SDict) and not truths[1]))
     if not python_ok and not c_ok:
         raise vm._fail(
             "malformed", f"BUILD on {_describe(vm.top())}: it has no attributes", offset, FAILS
@@ -1321,9 +1341,10 @@ def _build_plain(vm: PickleMachine, state: Any, offset: int) -> None:
 def _merged_state(vm: PickleMachine, target: Obj, state: Any, offset: int) -> SDict:
     """The object's __dict__ after BUILD merges the state into it, as each unpickler
     does: Python merges a truthy dict part and setattr's a truthy slot part; C merges a
-    dict part that is not None (it must be a dict) and setattr's a slot part that is
-    not None (a dict too). Where only one of them fails, the other is followed."""
-    dict_part, slot_part = _split_state(state)
+    dict part that is not None (it must be a dict) and setattr's the slot part of a
+    2-tuple (a dict too, even if empty). Where only one of them fails, the other is
+    followed."""
+    dict_part, slot_part, has_slot = _split_state(state)
     truths = (_truth(dict_part), _truth(slot_part))
     if None in truths:
         raise _unknown_truth(vm, offset)
@@ -1331,8 +1352,9 @@ def _merged_state(vm: PickleMachine, target: Obj, state: Any, offset: int) -> SD
     for part, truth, is_slot in ((dict_part, truths[0], False), (slot_part, truths[1], True)):
         if truth and not isinstance(part, SDict):
             python_fails = True  # it has no items()
-        if part is not None and not isinstance(part, SDict):
-            c_fails = True  # "state is not a dictionary"
+        c_reads = has_slot if is_slot else part is not None
+        if c_reads and not isinstance(part, SDict):
+            c_fails = True  # "state is not a dictionary", "slot state is not a dictionary"
         if isinstance(part, SDict):
             if target.callable == JOBLIB_WRAPPER and len(part.items) + len(part.other) > MAX_MERGED:
                 raise vm._fail(

@@ -184,16 +184,24 @@ class _Scan:
         return message
 
     def pickle_stream(
-        self, source: Source, *, sniff: bool, joblib: bool, trailing_ok: bool = False
+        self,
+        source: Source,
+        *,
+        sniff: bool,
+        joblib: bool,
+        trailing_ok: bool = False,
+        c_reads: bool = True,
     ) -> bool:
         """Scan one pickle from the source; False if it is not a pickle at all (only
         when `sniff`: no protocol header, and every unpickler fails before it names
         anything). `joblib`: joblib's loader reads it (raw array data after each
-        NumpyArrayWrapper); otherwise plain pickle.load semantics."""
+        NumpyArrayWrapper); otherwise plain pickle.load semantics. `c_reads`: the C
+        unpickler may read it too (not a compressed file: only joblib reads those)."""
         start = len(self.result.findings)
         self._problems_added = 0
         begin = source.tell()
         vm = PickleMachine(source, self.check_global, read_joblib_array if joblib else None)
+        vm.c = c_reads
         vm.on_problem = self._problem
         try:
             vm.run()
@@ -342,7 +350,7 @@ def scan_fd(fd: int, display: str, allowlist: AllowList | None = None) -> ScanRe
             scan.add("unscannable", str(exc), 0)
             return result
         scan.decompressed = True
-        scan.pickle_stream(source, sniff=False, joblib=True)
+        scan.pickle_stream(source, sniff=False, joblib=True, c_reads=False)
     elif fmt == "npy":
         _scan_npy(scan, FileSource(fd, size), size)
     elif fmt == "zip":
@@ -362,7 +370,7 @@ def _scan_legacy(scan: _Scan, fd: int, size: int) -> None:
     source = DecompressingSource(fd, size, "zlib", start=start)
     scan.decompressed = True
     # Its loader (joblib's ZipNumpyUnpickler) reads only the first pickle.
-    scan.pickle_stream(source, sniff=False, joblib=True, trailing_ok=True)
+    scan.pickle_stream(source, sniff=False, joblib=True, trailing_ok=True, c_reads=False)
     scan.decompressed = False
 
 
