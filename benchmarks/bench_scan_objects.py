@@ -2,7 +2,7 @@
 """Benchmark the safety scan against joblib.load on models made of many small objects.
 
     python benchmarks/bench_scan_objects.py [--data-dir DIR] [--runs N] [--objects N]
-                                            [--compare DIR] [--output FILE]
+                                            [--compare DIR ...] [--output FILE]
                                             [--quiet-threshold F] [--quiet-seconds S]
                                             [--quiet-timeout S] [--delete-data]
 
@@ -214,7 +214,7 @@ def delete_models(data_dir: Path, meta: dict[str, object] | None) -> None:
         data_dir.rmdir()
 
 
-def commands_for(path: Path, compare: Path | None) -> list[Command]:
+def commands_for(path: Path, compare: list[Path]) -> list[Command]:
     python = sys.executable
     file = str(path)
     commands = [
@@ -223,14 +223,12 @@ def commands_for(path: Path, compare: Path | None) -> list[Command]:
         Command(SCAN_IN, [python, "-c", _SCAN_IN, file], REPO, in_process=True),
         Command(LOAD_IN, [python, "-c", _LOAD_IN, file], REPO, in_process=True),
     ]
-    if compare is not None:
+    for other in compare:
         # `python -m` and `-c` put the working folder first on sys.path: its
         # `integrity` package is the one imported.
         commands += [
-            Command(f"{SCAN} ({compare})", [python, "-m", "integrity", "scan", file], compare),
-            Command(
-                f"{SCAN_IN} ({compare})", [python, "-c", _SCAN_IN, file], compare, in_process=True
-            ),
+            Command(f"{SCAN} ({other})", [python, "-m", "integrity", "scan", file], other),
+            Command(f"{SCAN_IN} ({other})", [python, "-c", _SCAN_IN, file], other, in_process=True),
         ]
     return commands
 
@@ -270,15 +268,14 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
 
-def table(benches: list[FileBench], compare: Path | None) -> str:
+def table(benches: list[FileBench], compare: list[Path]) -> str:
     head = (
-        "| file | MB | scan s | joblib.load s | ratio | scan in-process s "
+        "| file | MB | scan s | joblib.load s | ratio | CPU ratio | scan in-process s "
         "| load in-process s | ratio | scan MB | load MB |"
     )
-    lines = [head, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [head, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     rows = [("", SCAN, SCAN_IN)]
-    if compare is not None:
-        rows.append((f" ({compare})", f"{SCAN} ({compare})", f"{SCAN_IN} ({compare})"))
+    rows += [(f" ({other})", f"{SCAN} ({other})", f"{SCAN_IN} ({other})") for other in compare]
     for bench in benches:
         load, load_in = bench.get(LOAD), bench.get(LOAD_IN)
         for label, scan_tool, scan_in_tool in rows:
@@ -286,6 +283,7 @@ def table(benches: list[FileBench], compare: Path | None) -> str:
             lines.append(
                 f"| {bench.name}{label} | {bench.size / MB:.2f} | {scan.figure():.3f} "
                 f"| {load.figure():.3f} | {_ratio(scan.figure(), load.figure())} "
+                f"| {_ratio(scan.median_cpu(), load.median_cpu())} "
                 f"| {scan_in.figure():.3f} | {load_in.figure():.3f} "
                 f"| {_ratio(scan_in.figure(), load_in.figure())} | {scan.peak_mb():.0f} "
                 f"| {load.peak_mb():.0f} |"
@@ -324,7 +322,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--objects", type=int, default=3000, help="objects per model")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument(
-        "--compare", type=Path, help="another checkout whose scanner is measured too"
+        "--compare",
+        type=Path,
+        action="append",
+        default=[],
+        help="another checkout whose scanner is measured too (repeatable)",
     )
     parser.add_argument("--output", type=Path, help="also write the Markdown report here")
     parser.add_argument("--quiet-threshold", type=float, default=0.10)
@@ -334,10 +336,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.runs < 1 or args.objects < 1:
         parser.error("--runs and --objects must be at least 1")
-    if args.compare is not None and not (args.compare / "integrity" / "__init__.py").exists():
-        parser.error(f"--compare {args.compare}: no integrity package there")
-    if args.compare is not None:
-        args.compare = args.compare.resolve()
+    for other in args.compare:
+        if not (other / "integrity" / "__init__.py").exists():
+            parser.error(f"--compare {other}: no integrity package there")
+    args.compare = [other.resolve() for other in args.compare]
     return args
 
 
@@ -368,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{measure.command_line('bench_scan_objects.py', argv)}`\n\n"
         f"{machine(meta)}\n"
         f"{table(benches, args.compare)}\n"
-        f"Medians of {args.runs} runs; ratio: scan over joblib.load, same file, same run. "
+        f"Medians of {args.runs} runs; ratio: scan over joblib.load, same file, same run "
+        "(CPU ratio: of user + system CPU seconds, less sensitive to a busy machine). "
         f"{noise(benches)}"
         + ("".join(f"\n- VERDICT PROBLEM: {line}" for line in wrong) + "\n" if wrong else "")
     )
