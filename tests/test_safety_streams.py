@@ -243,3 +243,23 @@ def test_frames_are_checked_at_their_ends_only(tmp_path: Path) -> None:
         assert machine.problems == []
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("block", [1, 2, 1 << 20])
+def test_binget_is_followed_exactly_in_and_out_of_the_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    """The machine's loop takes BINGET's common case itself: a stored key pushes the
+    memo's value, a key never stored stays the handler's failure, wherever the window
+    ends (1 byte: the key is always past it)."""
+    monkeypatch.setattr(streams, "BLOCK", block)
+    stored = b"\x80\x04K\x07\x94h\x00h\x00\x86."  # 7, MEMOIZE, BINGET 0 twice, TUPLE2
+    fd = _file(tmp_path, stored + b"\x80\x04K\x07\x94h\x01.")
+    try:
+        source = FileSource(fd, os.fstat(fd).st_size)
+        assert PickleMachine(source, lambda use: None).run() == (7, 7)
+        with pytest.raises(PickleError, match="memo key 1 was never stored") as failed:
+            PickleMachine(source, lambda use: None).run()
+        assert failed.value.offset == len(stored) + 5
+    finally:
+        os.close(fd)

@@ -307,9 +307,12 @@ class PickleMachine:
     # ------------------------------------------------------------ stack
 
     def pop(self) -> Any:
-        if not self.stack:
-            raise self._fail("malformed", "the pickle pops from an empty stack", nature=FAILS)
-        return self.stack.pop()
+        try:
+            return self.stack.pop()
+        except IndexError:
+            raise self._fail(
+                "malformed", "the pickle pops from an empty stack", nature=FAILS
+            ) from None
 
     def top(self) -> Any:
         if not self.stack:
@@ -372,11 +375,19 @@ class PickleMachine:
 
     def _walk(self, source: Source) -> Any:
         dispatch = _TABLE or _table()
+        memo = self.memo
         while True:
             pos = source.pos
             if pos < source.stop:  # in the window, before any frame end or limit
+                buf = source.buf
+                code = buf[pos]
+                # BINGET (0x68), a third of the opcodes of a model of many objects:
+                # its common case here, without a call; anything else is the handler's.
+                if code == 0x68 and pos + 1 < source.stop and buf[pos + 1] in memo:
+                    source.pos = pos + 2
+                    self.stack.append(memo[buf[pos + 1]])
+                    continue
                 source.pos = pos + 1
-                code = source.buf[pos]
                 offset = source.base + pos
             else:
                 offset, code = self._next_opcode()
@@ -384,14 +395,13 @@ class PickleMachine:
             handler = dispatch[code]
             if handler is None:
                 raise self._fail("unknown-opcode", f"unknown opcode 0x{code:02x}", offset, FAILS)
-            depth = len(self.stack)
             try:
                 if handler(self, offset):
                     return self.pop()
             except PickleError as exc:
                 if exc.code != "persistent-id" or not self.persistent_reads_on:
                     raise
-                self._persistent_object(code, offset, depth, exc)
+                self._persistent_object(code, offset, len(self.stack), exc)
 
     def _next_opcode(self) -> tuple[int, int]:
         """(offset, opcode) at a frame's end, the limit or the window's end."""
@@ -828,7 +838,7 @@ def _mark_holder(vm: PickleMachine, container: Any, items: Any) -> Any:
 
 
 def _push_tuple(vm: PickleMachine, items: Any) -> None:
-    vm.push(_mark_holder(vm, tuple(items), items))
+    vm.stack.append(_mark_holder(vm, tuple(items), items))
 
 
 @_op(b"t")
@@ -887,12 +897,14 @@ _KEY_INT = 1 << 64
 
 
 def _set_items(vm: PickleMachine, target: SDict, items: list[Any]) -> None:
-    for i in range(0, len(items) - 1, 2):
-        key = items[i]
-        if _plain_key(key):
-            target.items[key] = items[i + 1]
+    kept = target.items
+    # An odd last item is left out (the caller has refused it, or SETITEM passes two).
+    for key, value in zip(items[::2], items[1::2], strict=False):
+        # A short str key is the usual one: taken without calling _plain_key.
+        if (type(key) is str and len(key) <= MAX_KEY) or _plain_key(key):
+            kept[key] = value
         else:
-            target.other.append((key, items[i + 1]))
+            target.other.append((key, value))
     _mark_holder(vm, target, items)
 
 
