@@ -401,6 +401,8 @@ class PickleMachine:
             except PickleError as exc:
                 if exc.code != "persistent-id" or not self.persistent_reads_on:
                     raise
+                # PERSID and BINPERSID raise before they read or pop anything: the
+                # depth now is the depth before them (not taken at every opcode).
                 self._persistent_object(code, offset, len(self.stack), exc)
 
     def _next_opcode(self) -> tuple[int, int]:
