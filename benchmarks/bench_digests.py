@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark model-integrity's SHA-256 work against openssl and coreutils.
 
-    python benchmarks/bench_digests.py [--data-dir DIR] [--runs N] [--small]
+    python benchmarks/bench_digests.py [--data-dir DIR] [--runs N] [--small] [--sets NAMES]
                                        [--retries N] [--output FILE] [--cli PATH]
                                        [--delete-data]
 
@@ -57,14 +57,14 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # measure.py, beside this script
 
 import measure  # noqa: E402
-from measure import BenchmarkError, Measured, Run, run  # noqa: E402
+from measure import BenchmarkError, Run  # noqa: E402
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -92,14 +92,8 @@ SMALL = (DataSet("8x16MiB", 8, 16 * MIB), DataSet("1x128MiB", 1, 128 * MIB))
 
 
 @dataclass
-class Command(Measured):
-    key: str
-    label: str
-    argv: list[str]
-    stdin: Path | None = None
+class Command(measure.Command):
     hashes: bool = True  # reads every byte of the data set (throughput is meaningful)
-    runs: list[Run] = field(default_factory=list)
-    retried: int = 0  # timed runs thrown away because other load disturbed them
 
 
 def _size_text(n: int) -> str:
@@ -147,21 +141,6 @@ def _generate(path: Path, size: int, seed: int, base: bytes) -> None:
             struct.pack_into("<QQ", block, 0, seed, counter)
             out.write(block[: min(MIB, size - counter)])
     os.replace(partial, path)
-
-
-# --- running ---------------------------------------------------------------------------
-
-
-def checked(command: Command, cwd: Path) -> Run:
-    result = run(command.argv, cwd, command.stdin)
-    if result.returncode != 0:
-        raise BenchmarkError(
-            f"{command.label} exited {result.returncode} in {cwd}\n"
-            f"  command: {' '.join(command.argv)}\n"
-            f"  stdout: {result.stdout.decode(errors='replace').strip()[-2000:]}\n"
-            f"  stderr: {result.stderr.decode(errors='replace').strip()[-2000:]}"
-        )
-    return result
 
 
 # --- correctness -----------------------------------------------------------------------
@@ -213,11 +192,6 @@ def manifest_digests(path: Path) -> dict[str, str]:
 # --- the benchmark ---------------------------------------------------------------------
 
 
-def disturbed(result: Run, cores: int) -> bool:
-    """Other processes took a noticeable share of the cores during this run."""
-    return result.others_cpu > max(0.1, 0.05 * result.seconds * cores)
-
-
 def bench_dataset(
     root: Path, dataset: DataSet, cli: str, cores: int, runs: int, retries: int
 ) -> list[Command]:
@@ -254,25 +228,21 @@ def bench_dataset(
 
     # Warm-up: every command once, untimed; sha256sum first reads everything into the
     # page cache and gives the reference digests; init writes the manifest verify uses.
-    expected_out = checked(reference, folder).stdout
+    expected_out = measure.checked(reference, folder).stdout
     expected = parse_digests("sha256sum", _SHA256SUM_LINE, expected_out)
     if sorted(expected) != sorted(names):
         raise BenchmarkError(f"sha256sum listed {sorted(expected)}, expected {names}")
     for command in commands:
         if command is not reference:  # its warm-up run was the one just above
-            result = checked(command, folder)
+            result = measure.checked(command, folder)
             _validate(command.key, result, expected_out, expected, folder)
 
-    for round_ in range(runs):
-        for command in measure.rotated(commands, round_):
-            for attempt in range(retries + 1):
-                result = checked(command, folder)
-                _validate(command.key, result, expected_out, expected, folder)
-                if not disturbed(result, cores) or attempt == retries:
-                    break
-                command.retried += 1
-            command.runs.append(result)
-        print(f"  {dataset.name}: round {round_ + 1}/{runs} done", file=sys.stderr)
+    def run_one(command: Command) -> Run:
+        result = measure.checked(command, folder)
+        _validate(command.key, result, expected_out, expected, folder)
+        return result
+
+    measure.timed_rounds(commands, runs, retries, cores, run_one, dataset.name)
     order = (BASELINE, "hash", "init", "verify-digests", "verify", "sha256sum", "startup", "floor")
     return [by_key[k] for k in order]
 
@@ -386,6 +356,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="repeat a timed run disturbed by other load (see 'others' CPU') up to this "
         "many times (default 3; 0 keeps every run)",
     )
+    parser.add_argument(
+        "--sets",
+        help="only these data sets, comma-separated (e.g. 8x256MiB; default: both)",
+    )
     parser.add_argument("--output", type=Path, help="also write the Markdown report here")
     parser.add_argument(
         "--cli", help="the model-integrity executable (default: the one beside this Python)"
@@ -409,7 +383,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise BenchmarkError(f"{tool} is not on PATH")
         cli = _resolve_cli(args.cli) if args.cli else default_cli()
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-        datasets = SMALL if args.small else FULL
+        datasets: tuple[DataSet, ...] = SMALL if args.small else FULL
+        if args.sets:
+            wanted = args.sets.split(",")
+            unknown = sorted(set(wanted) - {d.name for d in datasets})
+            if unknown:
+                raise BenchmarkError(f"--sets: unknown data set(s) {', '.join(unknown)}")
+            datasets = tuple(d for d in datasets if d.name in wanted)
         root = args.data_dir.resolve()
         results = []
         for dataset in datasets:
@@ -447,9 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         "every run; openssl's and the manifest's digests matched sha256sum's.\n\n"
         f"{table(results)}"
     )
-    print(report)
-    if args.output:
-        args.output.write_text(report)
+    measure.publish(report, args.output)
     return 0
 
 

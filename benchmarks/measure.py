@@ -22,9 +22,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 # argv: result file, timeout in seconds (0: none), the command. Writes
 # "seconds maxrss_kib exit_code cpu_seconds" to the result file.
@@ -94,6 +95,18 @@ class Measured:
         return max(r.others_cpu for r in self.runs)
 
 
+@dataclass
+class Command(Measured):
+    """A command a benchmark runs, and its timed runs."""
+
+    key: str
+    label: str
+    argv: list[str]
+    stdin: Path | None = None
+    runs: list[Run] = field(default_factory=list)
+    retried: int = 0  # timed runs thrown away because other load disturbed them
+
+
 def run(argv: list[str], cwd: Path, stdin: Path | None = None, timeout: int = 0) -> Run:
     """Run one command as its own process; its wall time and its own ru_maxrss (os.wait4).
 
@@ -148,6 +161,62 @@ def build_in_child(argv: list[str], meta_path: Path, what: str) -> dict[str, obj
     meta: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def disturbed(result: Run, cores: int) -> bool:
+    """Other processes took a noticeable share of the cores during this run."""
+    return result.others_cpu > max(0.1, 0.05 * result.seconds * cores)
+
+
+class Timed(Protocol):
+    """A command whose timed runs are collected (bench_digests.Command, ...)."""
+
+    runs: list[Run]
+    retried: int
+
+
+C = TypeVar("C", bound=Timed)
+
+
+def timed_rounds(
+    commands: Sequence[C],
+    rounds: int,
+    retries: int,
+    cores: int,
+    run_one: Callable[[C], Run],
+    name: str,
+) -> None:
+    """`rounds` timed runs of every command, in rotating order; a run disturbed by
+    other load is run again, at most `retries` times (counted in `retried`)."""
+    for round_ in range(rounds):
+        for command in rotated(list(commands), round_):
+            for attempt in range(retries + 1):
+                result = run_one(command)
+                if not disturbed(result, cores) or attempt == retries:
+                    break
+                command.retried += 1
+            command.runs.append(result)
+        print(f"  {name}: round {round_ + 1}/{rounds} done", file=sys.stderr)
+
+
+def publish(report: str, output: Path | None) -> None:
+    """Print the Markdown report, and write it to `output` too when given."""
+    print(report)
+    if output:
+        output.write_text(report)
+
+
+def checked(command: Command, cwd: Path) -> Run:
+    """One run of `command` in `cwd`; a non-zero exit stops the benchmark."""
+    result = run(command.argv, cwd, command.stdin)
+    if result.returncode != 0:
+        raise BenchmarkError(
+            f"{command.label} exited {result.returncode} in {cwd}\n"
+            f"  command: {' '.join(command.argv)}\n"
+            f"  stdout: {result.stdout.decode(errors='replace').strip()[-2000:]}\n"
+            f"  stderr: {result.stderr.decode(errors='replace').strip()[-2000:]}"
+        )
+    return result
 
 
 def rotated(items: list[T], round_: int) -> list[T]:

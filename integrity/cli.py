@@ -55,7 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="manifest to write (default: model-integrity.json)",
     )
     init.add_argument(
-        "--model", required=True, metavar="PATH", help="the model: a file, or a folder of files"
+        "--model",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="the model: a file, or a folder of files (repeatable: each is recorded as a model)",
     )
     init.add_argument(
         "--artifact",

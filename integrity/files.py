@@ -13,7 +13,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,11 @@ def open_regular_file(path: str | Path, *, follow_symlinks: bool) -> tuple[int, 
 
 def _confirm_opened(fd: int, expected: os.stat_result, where: str, detail: str) -> os.stat_result:
     """The fstat of `fd`, opened O_NONBLOCK, once it is proven to be the regular
-    file `expected` describes; then blocking again. Otherwise `fd` is closed."""
+    file `expected` describes. Otherwise `fd` is closed.
+
+    O_NONBLOCK is left set: it has no effect on a regular file (open(2)), and
+    clearing it would cost two more system calls per file.
+    """
     opened = os.fstat(fd)
     if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (
         expected.st_dev,
@@ -90,7 +95,6 @@ def _confirm_opened(fd: int, expected: os.stat_result, where: str, detail: str) 
     ):
         os.close(fd)
         raise PathProblem("special", where, detail)
-    os.set_blocking(fd, True)
     return opened
 
 
@@ -98,35 +102,38 @@ def open_root(root: str | Path) -> int:
     return os.open(root, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
 
 
+def _lstat_beneath(parent: int, name: str, where: str, missing: str) -> os.stat_result:
+    try:
+        return os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        raise PathProblem("missing", where, missing) from None
+    except OSError as exc:
+        raise PathProblem("unreadable", where, f"cannot read: {exc.strerror}") from None
+
+
+def _open_folder(parent: int, part: str, where: str) -> int:
+    """Open folder `part` beneath the descriptor `parent`, never through a symlink;
+    `where` is its manifest path, for the message. The caller closes the result."""
+    st = _lstat_beneath(parent, part, where, "folder is missing")
+    if stat.S_ISLNK(st.st_mode):
+        raise PathProblem("symlink", where, "folder was replaced by a symlink") from None
+    if not stat.S_ISDIR(st.st_mode):
+        kind = "special" if not stat.S_ISREG(st.st_mode) else "not-directory"
+        raise PathProblem(kind, where, f"should be a folder but is {describe_mode(st.st_mode)}")
+    try:
+        return os.open(part, _DIR_FLAGS, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PathProblem("symlink", where, "folder was replaced by a symlink") from None
+        raise PathProblem("unreadable", where, f"cannot open: {exc.strerror}") from None
+
+
 def _open_parent(root_fd: int, parts: list[str]) -> int:
     """A descriptor for the directory holding the last part; the caller closes it."""
     fd = os.dup(root_fd)
-    walked: list[str] = []
     try:
-        for part in parts[:-1]:
-            walked.append(part)
-            where = "/".join(walked)
-            try:
-                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                raise PathProblem("missing", where, "folder is missing") from None
-            except OSError as exc:
-                raise PathProblem("unreadable", where, f"cannot read: {exc.strerror}") from None
-            if stat.S_ISLNK(st.st_mode):
-                raise PathProblem("symlink", where, "folder was replaced by a symlink") from None
-            if not stat.S_ISDIR(st.st_mode):
-                kind = "special" if not stat.S_ISREG(st.st_mode) else "not-directory"
-                raise PathProblem(
-                    kind, where, f"should be a folder but is {describe_mode(st.st_mode)}"
-                )
-            try:
-                next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    raise PathProblem(
-                        "symlink", where, "folder was replaced by a symlink"
-                    ) from None
-                raise PathProblem("unreadable", where, f"cannot open: {exc.strerror}") from None
+        for depth in range(1, len(parts)):
+            next_fd = _open_folder(fd, parts[depth - 1], "/".join(parts[:depth]))
             os.close(fd)
             fd = next_fd
         return fd
@@ -135,39 +142,118 @@ def _open_parent(root_fd: int, parts: list[str]) -> int:
         raise
 
 
-def open_regular(root_fd: int, path: str) -> tuple[int, os.stat_result]:
+class Folders:
+    """Descriptors of the folders beneath a root, each opened once and reused for
+    every recorded file in it, instead of walking the path again for each file.
+
+    A folder is opened exactly as `_open_parent` opens it (component by component,
+    beneath its parent's descriptor, never through a symlink), so a file opened
+    beneath a kept descriptor is one that walk would have reached when the folder
+    was first opened. Each thread keeps its own few most recently used folders
+    (paths are processed in sorted order, so a folder's files come together);
+    `close` closes them all.
+    """
+
+    def __init__(self, root_fd: int, keep: int = 32) -> None:
+        self._root_fd = root_fd
+        self._keep = keep
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._caches: list[OrderedDict[str, int]] = []
+
+    def _cache(self) -> OrderedDict[str, int]:
+        cache: OrderedDict[str, int] | None = getattr(self._local, "cache", None)
+        if cache is None:
+            cache = OrderedDict()
+            self._local.cache = cache
+            with self._lock:
+                self._caches.append(cache)
+        return cache
+
+    def parent(self, parts: list[str]) -> int:
+        """A borrowed descriptor (never closed by the caller) of the folder holding
+        `parts[-1]`. Raises PathProblem naming the folder at fault."""
+        if len(parts) == 1:
+            return self._root_fd
+        cache = self._cache()
+        folder = "/".join(parts[:-1])
+        fd = cache.get(folder)
+        if fd is not None:
+            cache.move_to_end(folder)
+            return fd
+        # Start from the deepest folder on the way that is already open.
+        start, fd = 0, self._root_fd
+        for above in range(len(parts) - 2, 0, -1):
+            known = cache.get("/".join(parts[:above]))
+            if known is not None:
+                start, fd = above, known
+                break
+        opened: set[str] = set()
+        for depth in range(start + 1, len(parts)):
+            where = "/".join(parts[:depth])
+            fd = _open_folder(fd, parts[depth - 1], where)
+            cache[where] = fd
+            opened.add(where)
+        # Evict the least recently used, never one this call still walked through.
+        while len(cache) > self._keep:
+            oldest = next(iter(cache))
+            if oldest in opened:
+                break
+            os.close(cache.pop(oldest))
+        return fd
+
+    def close(self) -> None:
+        with self._lock:
+            for cache in self._caches:
+                while cache:
+                    os.close(cache.popitem()[1])
+            self._caches.clear()
+
+    def __enter__(self) -> Folders:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_regular(
+    root_fd: int, path: str, folders: Folders | None = None
+) -> tuple[int, os.stat_result]:
     """Open manifest path `path` beneath `root_fd` for reading, as a regular file only.
 
-    Returns the descriptor (caller closes) and its fstat. Raises PathProblem.
+    With `folders` (opened on the same root), the folders leading to it are
+    taken from there rather than walked again. Returns the descriptor (caller
+    closes) and its fstat. Raises PathProblem.
     """
     parts = path.split("/")
+    if folders is not None:
+        return _open_beneath(folders.parent(parts), parts[-1], path)
     parent = _open_parent(root_fd, parts)
-    name = parts[-1]
     try:
-        try:
-            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-        except FileNotFoundError:
-            raise PathProblem("missing", path, "file is missing") from None
-        except OSError as exc:
-            raise PathProblem("unreadable", path, f"cannot read: {exc.strerror}") from None
-        if stat.S_ISLNK(st.st_mode):
-            target = os.readlink(name, dir_fd=parent)
-            raise PathProblem("symlink", path, f"was replaced by a symlink to {target!r}")
-        if stat.S_ISDIR(st.st_mode):
-            raise PathProblem("directory", path, "should be a file but is a directory")
-        if not stat.S_ISREG(st.st_mode):
-            raise PathProblem("special", path, f"was replaced by {describe_mode(st.st_mode)}")
-        try:
-            fd = os.open(
-                name, os.O_RDONLY | _O_NOFOLLOW | os.O_NONBLOCK | _O_CLOEXEC, dir_fd=parent
-            )
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise PathProblem("symlink", path, "was replaced by a symlink") from None
-            raise PathProblem("unreadable", path, f"cannot open: {exc.strerror}") from None
-        return fd, _confirm_opened(fd, st, path, "changed while being opened; refusing to read it")
+        return _open_beneath(parent, parts[-1], path)
     finally:
         os.close(parent)
+
+
+def _open_beneath(parent: int, name: str, path: str) -> tuple[int, os.stat_result]:
+    """Open `name` in the folder `parent` as a regular file only: lstat first, so a
+    symlink or a special file is never opened; then O_NOFOLLOW|O_NONBLOCK and an
+    fstat check that it is the same regular file."""
+    st = _lstat_beneath(parent, name, path, "file is missing")
+    if stat.S_ISLNK(st.st_mode):
+        target = os.readlink(name, dir_fd=parent)
+        raise PathProblem("symlink", path, f"was replaced by a symlink to {target!r}")
+    if stat.S_ISDIR(st.st_mode):
+        raise PathProblem("directory", path, "should be a file but is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise PathProblem("special", path, f"was replaced by {describe_mode(st.st_mode)}")
+    try:
+        fd = os.open(name, os.O_RDONLY | _O_NOFOLLOW | os.O_NONBLOCK | _O_CLOEXEC, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PathProblem("symlink", path, "was replaced by a symlink") from None
+        raise PathProblem("unreadable", path, f"cannot open: {exc.strerror}") from None
+    return fd, _confirm_opened(fd, st, path, "changed while being opened; refusing to read it")
 
 
 @dataclass(frozen=True)
@@ -178,47 +264,52 @@ class Unreadable:
     error: OSError
 
 
-def walk_tree(dir_fd: int) -> Iterator[tuple[str, os.stat_result | Unreadable]]:
-    """Every entry beneath the open folder `dir_fd`, as ('a/b', lstat) pairs.
+def walk_entries(dir_fd: int) -> Iterator[tuple[str, os.DirEntry[str] | Unreadable]]:
+    """Every entry beneath the open folder `dir_fd`, as ('a/b', DirEntry) pairs.
 
     Symlinks and special files are listed (so they can be reported), never
-    followed; folders are walked, not listed. Depth first with one descriptor
-    per level, so no recursion limit; a fresh descriptor for the top, so
-    listing never shares the caller's read offset. An entry that cannot be
-    read comes with `Unreadable` ('' for the top folder itself).
+    followed; folders are walked, not listed (a folder is opened O_NOFOLLOW, so
+    one swapped for a symlink is refused, whatever the listing said). Depth
+    first with one descriptor per level, so no recursion limit; a fresh
+    descriptor for the top, so listing never shares the caller's read offset.
+    An entry that cannot be read comes with `Unreadable` ('' for the top folder).
+
+    Entries carry the listing's file type, so telling folders from files costs
+    no lstat; an entry's `stat(follow_symlinks=False)` must be taken before the
+    next entry is (its folder's descriptor is closed once walked).
     """
     top = os.open(".", _DIR_FLAGS, dir_fd=dir_fd)
     try:
-        entries = sorted(os.listdir(top))
+        entries = _sorted_entries(top)
     except OSError as exc:
         os.close(top)
         yield "", Unreadable("list", exc)
         return
-    stack: list[tuple[int, str, Iterator[str]]] = [(top, "", iter(entries))]
+    stack: list[tuple[int, str, Iterator[os.DirEntry[str]]]] = [(top, "", iter(entries))]
     try:
         while stack:
-            fd, prefix, names = stack[-1]
-            name = next(names, None)
-            if name is None:
+            fd, prefix, items = stack[-1]
+            entry = next(items, None)
+            if entry is None:
                 stack.pop()
                 os.close(fd)
                 continue
-            child = prefix + name
+            child = prefix + entry.name
             try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                is_folder = entry.is_dir(follow_symlinks=False)
             except OSError as exc:
                 yield child, Unreadable("read", exc)
                 continue
-            if not stat.S_ISDIR(st.st_mode):
-                yield child, st
+            if not is_folder:
+                yield child, entry
                 continue
             try:
-                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
                 yield child, Unreadable("open folder", exc)
                 continue
             try:
-                entries = sorted(os.listdir(sub))
+                entries = _sorted_entries(sub)
             except OSError as exc:
                 os.close(sub)
                 yield child, Unreadable("list", exc)
@@ -229,23 +320,51 @@ def walk_tree(dir_fd: int) -> Iterator[tuple[str, os.stat_result | Unreadable]]:
             os.close(fd)
 
 
-def list_directory(root_fd: int, path: str) -> dict[str, os.stat_result]:
-    """Every entry beneath manifest directory `path`, recursively: manifest path to
-    lstat, sorted by path.
+def _sorted_entries(fd: int) -> list[os.DirEntry[str]]:
+    with os.scandir(fd) as listing:
+        return sorted(listing, key=lambda entry: entry.name)
+
+
+def walk_tree(dir_fd: int) -> Iterator[tuple[str, os.stat_result | Unreadable]]:
+    """`walk_entries`, each entry with its lstat."""
+    for rel, item in walk_entries(dir_fd):
+        if isinstance(item, Unreadable):
+            yield rel, item
+            continue
+        try:
+            st = item.stat(follow_symlinks=False)
+        except OSError as exc:
+            yield rel, Unreadable("read", exc)
+            continue
+        yield rel, st
+
+
+def walk_directory(root_fd: int, path: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """Every entry beneath manifest directory `path`, recursively, as (manifest path,
+    entry) pairs as they are read (sorted within each folder, depth first): nothing
+    is kept per entry, so memory does not grow with the number of files. See
+    `walk_entries` (take an entry's stat before the next entry).
 
     Symlinks and special files are listed (so they can be reported), never followed.
-    Raises OSError when part of the tree cannot be read.
+    Raises OSError when part of the tree cannot be read, PathProblem when a folder
+    leading to `path` is not one.
     """
     parts = path.split("/")
     folder = _open_parent(root_fd, [*parts, "_"])
-    found: dict[str, os.stat_result] = {}
     try:
-        for rel, item in walk_tree(folder):
+        for rel, item in walk_entries(folder):
             if isinstance(item, Unreadable):
                 raise item.error
-            found[f"{path}/{rel}"] = item
+            yield f"{path}/{rel}", item
     finally:
         os.close(folder)
+
+
+def list_directory(root_fd: int, path: str) -> dict[str, os.stat_result]:
+    """Every entry beneath manifest directory `path` with its lstat, sorted by path."""
+    found = {
+        name: entry.stat(follow_symlinks=False) for name, entry in walk_directory(root_fd, path)
+    }
     return dict(sorted(found.items()))
 
 
@@ -297,6 +416,8 @@ def write_file_atomically(path: Path, data: bytes, *, overwrite: bool) -> None:
     """Write `data` to `path` through a temporary file beside it, so a reader never
     sees half a file. Unless `overwrite`, an existing file is kept (even one created
     meanwhile) and FileExistsError raised. Raises OSError; leaves no temporary file."""
+    import tempfile  # only init writes files: kept off the start-up of every command
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,10 +19,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic.dataclasses import dataclass
 
 from integrity.errors import ManifestError
 from integrity.paths import collision_key, escapes_root, manifest_path_problem
@@ -47,7 +48,10 @@ Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # defer_build: a model's validator is built on first use, not at import. Loading
+    # a manifest builds Manifest's alone (its sub-models are part of it); the
+    # sub-models' own are built only by what constructs them (init).
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
 
 
 class Artifact(_Strict):
@@ -63,12 +67,17 @@ class Artifact(_Strict):
     )
 
 
-class FileDigest(_Strict):
+# A manifest may list tens of thousands of files: each is a slotted dataclass
+# (56 bytes) rather than a model (about 400 bytes with its __dict__ and
+# fields-set). Strict per field, since a strict dataclass would refuse the JSON
+# object it is read from.
+@dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid", defer_build=True))
+class FileDigest:
     """One regular file: its SHA-256 and size in bytes."""
 
-    path: ManifestPath
-    sha256: Sha256Hex
-    size: int = Field(ge=0)
+    path: Annotated[str, Strict(), AfterValidator(_check_path)]
+    sha256: Annotated[str, Strict(), Field(pattern=r"^[0-9a-f]{64}$")]
+    size: Annotated[int, Strict(), Field(ge=0)]
 
 
 _IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -121,71 +130,87 @@ class Manifest(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
-        _no_duplicates("artifacts", [a.path for a in self.artifacts])
-        _no_duplicates("files", [f.path for f in self.files])
+        # Set operations over all paths, Python loops only over folders or on
+        # error: a manifest may list tens of thousands of files.
+        artifact_paths = [a.path for a in self.artifacts]
+        file_paths = [f.path for f in self.files]
+        _no_duplicates("artifacts", artifact_paths)
+        _no_duplicates("files", file_paths)
         if self.safety is not None:
             pairs = [(g.module, g.name) for g in self.safety.allow]
             if len(set(pairs)) != len(pairs):
                 raise ValueError("safety.allow: an entry is listed twice")
-        _one_spelling([a.path for a in self.artifacts] + [f.path for f in self.files])
+        files = set(file_paths)
+        folders = _folders_above(files | set(artifact_paths))
+        _one_spelling(files | set(artifact_paths) | folders)
         if not any(a.role == "model" for a in self.artifacts):
             raise ValueError("artifacts: no artifact has role 'model'")
-        files = {f.path for f in self.files}
-        directories = [a.path for a in self.artifacts if a.type == "directory"]
+        directories = {a.path for a in self.artifacts if a.type == "directory"}
         for artifact in self.artifacts:
             if artifact.type == "file" and artifact.path not in files:
                 raise ValueError(f"artifacts: file {artifact.path!r} has no entry in files")
             if artifact.type == "directory" and artifact.path in files:
                 raise ValueError(f"artifacts: {artifact.path!r} is a directory and a file")
         # A recorded file cannot also be a folder holding other recorded paths.
-        for path in [f.path for f in self.files] + directories:
-            for folder in _ancestors(path):
-                if folder in files:
-                    raise ValueError(f"{path!r} is inside {folder!r}, which is recorded as a file")
+        for folder in sorted(files & folders):
+            inside = sorted(p for p in files | directories if p.startswith(folder + "/"))
+            raise ValueError(f"{inside[0]!r} is inside {folder!r}, which is recorded as a file")
         file_artifacts = {a.path for a in self.artifacts if a.type == "file"}
-        directory_set = set(directories)
-        for path in files:
-            if path not in file_artifacts and not any(
-                folder in directory_set for folder in _ancestors(path)
-            ):
-                raise ValueError(f"files: {path!r} is not inside any recorded artifact")
+        loose = files - file_artifacts
+        parents = {path.rpartition("/")[0] for path in loose}
+        for parent in parents - _folders_within(parents, directories):
+            path = min(p for p in loose if p.rpartition("/")[0] == parent)
+            raise ValueError(f"files: {path!r} is not inside any recorded artifact")
         return self
 
 
 def _no_duplicates(field: str, paths: list[str]) -> None:
-    seen: dict[str, str] = {}
+    """No path listed twice (two spellings of one name are `_one_spelling`'s)."""
+    if len(set(paths)) == len(paths):
+        return
+    seen: set[str] = set()
     for path in paths:
-        key = collision_key(path)
-        if key in seen:
-            if seen[key] == path:
-                raise ValueError(f"{field}: {path!r} is listed twice")
-            raise ValueError(
-                f"{field}: {seen[key]!r} and {path!r} differ only in case or Unicode "
-                "normalisation; they are the same file on macOS and Windows"
-            )
-        seen[key] = path
+        if path in seen:
+            raise ValueError(f"{field}: {path!r} is listed twice")
+        seen.add(path)
 
 
-def _ancestors(path: str) -> Iterator[str]:
-    """The folders leading to `path`: 'a/b/c' gives 'a' and 'a/b'."""
-    end = path.find("/")
-    while end != -1:
-        yield path[:end]
-        end = path.find("/", end + 1)
+def _folders_above(paths: set[str]) -> set[str]:
+    """Every folder leading to any of `paths`: 'a/b/c' gives 'a' and 'a/b'."""
+    pending = {path.rpartition("/")[0] for path in paths} - {""}
+    folders: set[str] = set()
+    while pending:  # one round per level of depth
+        folders |= pending
+        pending = {folder.rpartition("/")[0] for folder in pending} - {""} - folders
+    return folders
 
 
-def _one_spelling(paths: list[str]) -> None:
+def _folders_within(folders: set[str], directories: set[str]) -> set[str]:
+    """Those of `folders` that are one of `directories` or lie inside one."""
+    within = set()
+    for folder in folders:
+        above = folder
+        while above and above not in directories:
+            above = above.rpartition("/")[0]
+        if above:
+            within.add(folder)
+    return within
+
+
+def _one_spelling(names: set[str]) -> None:
     """Each file and folder is spelled one way: 'Data/a' and 'data/b' would be
     two folders on Linux but one on macOS and Windows."""
+    keys = {collision_key(name) for name in names}
+    if len(keys) == len(names):
+        return
     spelled: dict[str, str] = {}
-    for path in paths:
-        for name in (*_ancestors(path), path):
-            other = spelled.setdefault(collision_key(name), name)
-            if other != name:
-                raise ValueError(
-                    f"{other!r} and {name!r} differ only in case or Unicode "
-                    "normalisation; they are the same name on macOS and Windows"
-                )
+    for name in sorted(names):
+        other = spelled.setdefault(collision_key(name), name)
+        if other != name:
+            raise ValueError(
+                f"{other!r} and {name!r} differ only in case or Unicode "
+                "normalisation; they are the same name on macOS and Windows"
+            )
 
 
 def build_manifest(artifacts: list[Artifact], files: list[FileDigest]) -> Manifest:
@@ -198,13 +223,45 @@ def build_manifest(artifacts: list[Artifact], files: list[FileDigest]) -> Manife
 
 
 def dump_manifest(manifest: Manifest) -> str:
-    """Canonical text: same manifest, same bytes."""
-    data = manifest.model_dump(mode="json", exclude_none=True)
+    """Canonical text: same manifest, same bytes.
+
+    Exactly `json.dumps(manifest.model_dump(mode="json", exclude_none=True),
+    indent=2, ensure_ascii=False)` with sorted lists, but the file entries are
+    written directly: with an indent, json.dumps runs its pure-Python encoder,
+    which for tens of thousands of files is slow and holds a list of a dozen
+    small strings per entry until it joins them.
+    """
+    data = manifest.model_dump(mode="json", exclude_none=True, exclude={"files"})
     data["artifacts"].sort(key=lambda a: a["path"])
-    data["files"].sort(key=lambda f: f["path"])
     if "safety" in data:
         data["safety"]["allow"].sort(key=lambda g: (g["module"], g["name"]))
-    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    files = sorted(manifest.files, key=lambda f: f.path)
+    # "files" in its field place, as an empty list to be filled in below.
+    ordered = {name: data[name] if name != "files" else [] for name in _dumped_fields(data)}
+    text = json.dumps(ordered, indent=2, ensure_ascii=False) + "\n"
+    if not files:
+        return text
+    # Unique: a newline inside a JSON string is always escaped.
+    placeholder = '\n  "files": []'
+    entries = ",\n".join(map(_file_entry, files))
+    before, found, after = text.partition(placeholder)
+    if not found:  # pragma: no cover - json.dumps always writes it
+        raise RuntimeError("manifest text lacks its files list")
+    return f'{before}\n  "files": [\n{entries}\n  ]{after}'
+
+
+def _file_entry(entry: FileDigest) -> str:
+    path = json.dumps(entry.path, ensure_ascii=False)
+    sha256 = json.dumps(entry.sha256)
+    return (
+        f'    {{\n      "path": {path},\n      "sha256": {sha256},\n'
+        f'      "size": {entry.size}\n    }}'
+    )
+
+
+def _dumped_fields(data: dict[str, Any]) -> list[str]:
+    """The manifest's field names in model order, as model_dump writes them."""
+    return [name for name in Manifest.model_fields if name in data or name == "files"]
 
 
 def write_manifest(text: str, path: Path, *, overwrite: bool) -> None:
@@ -226,11 +283,13 @@ def manifest_schema() -> dict[str, Any]:
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):  # the loop only to name the key
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
     return result
 
 
@@ -297,6 +356,7 @@ def parse_manifest(data: bytes, shown: str) -> Manifest:
             parse_constant=_reject_constant,
             parse_int=_parse_int,
         )
+        del text  # the parsed objects hold what is needed: free its copy before validating
     except json.JSONDecodeError as exc:
         raise ManifestError(
             shown, f"line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
@@ -341,7 +401,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     message = first["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
-    if first["type"] == "extra_forbidden":
+    if first["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         message = "unknown field"
     elif first["type"] == "missing":
         message = "required field is missing"

@@ -9,6 +9,7 @@ on macOS and Windows, so a manifest holding both is ambiguous and invalid.
 from __future__ import annotations
 
 import os
+import re
 import unicodedata
 from pathlib import Path
 
@@ -18,8 +19,17 @@ _FORBIDDEN_CHARS = {chr(c) for c in range(0x20)} | {chr(c) for c in range(0x7F, 
 _FORBIDDEN_CHARS |= {"\\", "\u2028", "\u2029"}
 
 
+_SEGMENT = r"(?!\.\.?(?:/|\Z))[^/\x00-\x1f\x7f-\x9f\\\u2028\u2029\ud800-\udfff]+"
+# A path that passes every check below: relative, plain segments (not '', '.' or
+# '..'), no forbidden character, no lone surrogate (so valid UTF-8). One regex
+# match: a manifest may hold tens of thousands of paths.
+_PLAIN = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*\Z")
+
+
 def manifest_path_problem(path: str) -> str | None:
     """Why `path` is not a valid manifest path, or None when it is."""
+    if _PLAIN.match(path) and path[1:2] != ":":
+        return None
     if not path:
         return "is empty"
     if path.startswith("/") or (len(path) > 1 and path[1] == ":"):
@@ -48,6 +58,8 @@ def collision_key(path: str) -> str:
     joins pairs that full case folding alone keeps apart but Windows, which
     compares upper-cased names, does not ('ı' and 'i' are both 'I').
     """
+    if path.isascii():
+        return path.lower()  # what the steps below give for ASCII, at a fraction of the cost
     decomposed = unicodedata.normalize("NFD", path)
     return unicodedata.normalize("NFD", decomposed.upper().casefold())
 

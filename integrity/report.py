@@ -6,6 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Validators are built when a model is first used, not at import: a run that
+# finds nothing never builds Finding's own, and start-up stays shorter.
+_DEFER = ConfigDict(extra="forbid", defer_build=True)
+
 REPORT_SCHEMA = "model-integrity-report/1"
 
 CheckStatus = Literal["pass", "fail", "warn", "skip", "error"]
@@ -15,7 +19,7 @@ Level = Literal["error", "warning", "notice"]
 class Finding(BaseModel):
     """One thing a check found, tied to a file (and line) where there is one."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _DEFER
 
     level: Level
     code: str = Field(
@@ -29,7 +33,7 @@ class Finding(BaseModel):
 
 
 class CheckResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _DEFER
 
     id: str
     status: CheckStatus
@@ -39,7 +43,7 @@ class CheckResult(BaseModel):
 
 
 class Metric(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _DEFER
 
     value: float
     baseline: float | None = None
@@ -54,7 +58,7 @@ class Report(BaseModel):
     metrics: dict[str, Metric] = Field(default_factory=dict)
     duration_s: float = 0.0
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
 
     @property
     def failed_checks(self) -> list[str]:

@@ -229,15 +229,86 @@ def test_init_directory_expansion_records_every_file(repo: Path) -> None:
     assert len(on_disk) == 3
 
 
-def test_init_same_path_as_model_and_artifact_recorded_once_as_model(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--model", "models", "--artifact", "./models/", "--artifact", "models"],
+        ["--model", "models", "--model", "./models/"],
+    ],
+    ids=["as-model-and-artifact", "as-model-twice"],
+)
+def test_init_same_path_twice_recorded_once_as_model(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    flags: list[str],
 ) -> None:
     root = make_tree(tmp_path / "repo")
     monkeypatch.chdir(root)
-    code = main(["init", "--model", "models", "--artifact", "./models/", "--artifact", "models"])
+    code = main(["init", *flags])
     assert code == 0, capsys.readouterr().err
     artifacts = load(root / MANIFEST)["artifacts"]
     assert artifacts == [{"path": "models", "type": "directory", "role": "model"}]
+
+
+def test_init_records_every_model_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_tree(tmp_path / "repo")
+    (root / "second.joblib").write_bytes(b"model-v2")
+    monkeypatch.chdir(root)
+    code = main(["init", "--model", "models", "--model", "second.joblib"])
+    assert code == 0, capsys.readouterr().err
+    manifest = load(root / MANIFEST)
+    assert manifest["artifacts"] == [
+        {"path": "models", "type": "directory", "role": "model"},
+        {"path": "second.joblib", "type": "file", "role": "model"},
+    ]
+    recorded = {f["path"] for f in manifest["files"]}
+    assert "second.joblib" in recorded
+    assert "models/model.joblib" in recorded
+    assert verify(root) == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "inner", "outer"),
+    [
+        (
+            ["--model", "models", "--artifact", "models/model.joblib"],
+            "models/model.joblib",
+            "--model",
+        ),
+        (
+            ["--model", "models/model.joblib", "--artifact", "models"],
+            "models/model.joblib",
+            "--artifact",
+        ),
+        (["--model", "models", "--model", "models/deep"], "models/deep", "--model"),
+        (
+            ["--model", "models/deep/er/weights.bin", "--model", "models/deep"],
+            "weights.bin",
+            "--model",
+        ),
+    ],
+    ids=["file-artifact-in-model-folder", "model-file-in-artifact-folder", "nested-models", "deep"],
+)
+def test_init_refuses_a_path_inside_another_given_folder(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    flags: list[str],
+    inner: str,
+    outer: str,
+) -> None:
+    """Its files would belong to two artifacts (perhaps in two roles): refused
+    rather than one of the two silently winning."""
+    root = make_tree(tmp_path / "repo")
+    monkeypatch.chdir(root)
+    assert main(["init", *flags]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert inner in line
+    assert f"named with {outer}" in line
+    assert not (root / MANIFEST).exists()
 
 
 def test_init_refuses_to_record_the_manifest_itself(

@@ -234,7 +234,7 @@ def test_case_variant_of_a_recorded_path_is_refused(
     build_manifest(artifacts, [*files, control])
     # A second spelling of a recorded file or folder is not.
     with pytest.raises(ValidationError):
-        build_manifest(artifacts, [*files, control.model_copy(update={"path": variant})])
+        build_manifest(artifacts, [*files, FileDigest(path=variant, sha256="0" * 64, size=0)])
 
 
 # ---------------------------------------------------------------- escapes_root

@@ -30,7 +30,6 @@ from __future__ import annotations
 import bz2
 import gzip
 import itertools
-import json
 import lzma
 import math
 import os
@@ -40,7 +39,6 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -49,7 +47,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 # The test extra installs these; a missing one must fail the run, not skip it.
 import joblib
@@ -60,6 +57,7 @@ import sklearn  # noqa: F401
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from malicious_corpus import REPO, sglobal, text_global, ustr
+from sandbox import LoadJob, LoadOutcome, Sandbox
 
 from integrity.safety.allowlist import AllowList
 from integrity.safety.scanner import ScanResult, scan_path
@@ -69,8 +67,6 @@ from integrity.safety.scanner import ScanResult, scan_path
 MAX_SCAN_SECONDS = 2.0  # per scan of an input up to MAX_INPUT bytes
 WATCHDOG_SECONDS = 20.0  # a scan still running after this is aborted (Python-level loops only)
 MAX_INPUT = 64 * 1024
-LOAD_TIMEOUT_SECONDS = 5.0  # per file, inside the loading subprocess
-BATCH_TIMEOUT_SECONDS = 120.0  # per batch of files: the loading subprocess is killed after it
 # A file the scan passes whose real load crashes the interpreter (a segfault in an allowed
 # global, e.g. numpy's dtype.__setstate__) fails property 3 too.
 CRASH_IS_FAILURE = True
@@ -158,242 +154,11 @@ def scanned_globals(result: ScanResult) -> frozenset[Pair]:
 
 # ---------------------------------------------------------------- the loading sandbox
 
-# Runs in a subprocess: loads each file with a real unpickler and records every global the
-# unpickler resolves, under the name find_class imports (Python 2 names mapped below protocol
-# 3, as `pickle._Unpickler.find_class` does with fix_imports). A global the scan did not
-# report is refused, never imported: a scanner bug shows up as a refusal, not as code run.
-LOADER_SOURCE = r"""
-import _compat_pickle, json, os, pickle, resource, signal, sys, warnings
-
-warnings.simplefilter("ignore")
-import joblib
-import numpy
-
-class Refused(Exception):
-    pass
-
-class Timeout(BaseException):
-    pass
-
-STATE = {"allowed": None, "resolved": [], "refused": []}
-
-def python3(module, name):
-    if (module, name) in _compat_pickle.NAME_MAPPING:
-        return _compat_pickle.NAME_MAPPING[(module, name)]
-    if module in _compat_pickle.IMPORT_MAPPING:
-        return _compat_pickle.IMPORT_MAPPING[module], name
-    return module, name
-
-def gate(candidates):
-    # candidates: the names find_class may import, the most likely last.
-    allowed = STATE["allowed"]
-    if allowed is None:
-        STATE["resolved"].append(list(candidates[-1]))
-        return
-    for candidate in candidates:
-        if candidate in allowed:
-            STATE["resolved"].append(list(candidate))
-            return
-    STATE["refused"].append(list(candidates[0]))
-    raise Refused("%s.%s was not reported by the scan" % candidates[0])
-
-_py_find_class = pickle._Unpickler.find_class
-
-def py_find_class(self, module, name):
-    # joblib's NumpyUnpickler and its nested object-array unpickler both end here.
-    mapped = python3(module, name) if self.proto < 3 and self.fix_imports else (module, name)
-    gate([mapped])
-    return _py_find_class(self, module, name)
-
-pickle._Unpickler.find_class = py_find_class
-
-def c_load(file, **kwargs):
-    return CUnpickler(file, **kwargs).load()
-
-class CUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        # The C unpickler keeps its protocol private: either name may be the one it
-        # imports (the Python 3 one for a benign file, whose Python 2 names come with
-        # protocols 0-2 only).
-        gate([(module, name), python3(module, name)])
-        return super().find_class(module, name)
-
-def on_alarm(signum, frame):
-    raise Timeout()
-
-def run_job(job):
-    allowed = job["allowed"]
-    STATE["allowed"] = None if allowed is None else {tuple(p) for p in allowed}
-    STATE["resolved"] = []
-    STATE["refused"] = []
-    error = None
-    signal.setitimer(signal.ITIMER_REAL, job["timeout"])
-    try:
-        if job["mode"] == "joblib":
-            joblib.load(job["path"])
-        elif job["mode"] == "numpy":
-            numpy.load(job["path"], allow_pickle=True)
-        else:
-            with open(job["path"], "rb") as f:
-                CUnpickler(f).load()
-    except Timeout:
-        error = "timeout"
-    except BaseException as exc:
-        try:
-            error = ("%s: %s" % (type(exc).__name__, exc))[:300]
-        except BaseException:
-            error = type(exc).__name__
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-    return {"resolved": STATE["resolved"], "refused": STATE["refused"], "error": error}
-
-def main():
-    # Requests come on stdin ("JOBS_FILE OUTCOMES_FILE" lines); each job's outcome is one
-    # JSON line, flushed before the next job starts (so a crash shows which job it was);
-    # "done" goes to the original stdout; anything a loaded object prints goes to stderr.
-    replies = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    limit = 4 << 30
-    if hard == resource.RLIM_INFINITY or hard > limit:
-        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-    signal.signal(signal.SIGALRM, on_alarm)
-    pickle.load = c_load  # numpy.load(allow_pickle=True) unpickles with pickle.load
-    for line in sys.stdin:
-        request, response = line.rstrip("\n").split("\t")
-        with open(request) as f:
-            jobs = json.load(f)
-        with open(response, "w") as out:
-            for job in jobs:
-                out.write(json.dumps(run_job(job)) + "\n")
-                out.flush()
-        replies.write("done\n")
-        replies.flush()
-
-main()
-"""
-
 
 def load_modes(result: ScanResult) -> tuple[str, ...]:
     """The real loaders to try on a file the scan passed: joblib.load (the pure-Python
     unpickler plus joblib's array reader), C pickle.load, and numpy.load for .npy files."""
     return ("joblib", "pickle", "numpy") if result.format == "npy" else ("joblib", "pickle")
-
-
-@dataclass(frozen=True)
-class LoadJob:
-    path: Path
-    mode: str  # "joblib", "pickle" or "numpy" (see LOADER_SOURCE's run_job)
-    allowed: frozenset[Pair] | None  # None: record everything, refuse nothing
-    label: str = ""
-
-
-@dataclass(frozen=True)
-class LoadOutcome:
-    resolved: frozenset[Pair]
-    refused: tuple[Pair, ...]
-    error: str | None
-    crashed: bool = False  # the real loader crashed the interpreter (a signal, not an error)
-
-
-class Sandbox:
-    """A long-lived loader subprocess (it imports numpy, joblib and scikit-learn once);
-    restarted when a load crashes it, the crash being that job's outcome."""
-
-    def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.folder = folder
-        self._batches = itertools.count()
-        self._script = folder / "loader.py"
-        self._script.write_text(LOADER_SOURCE)
-        self._stderr = (folder / "loader.stderr").open("ab")
-        self._proc: subprocess.Popen[str] | None = None
-
-    def _start(self) -> subprocess.Popen[str]:
-        env = dict(os.environ)
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[var] = "1"
-        return subprocess.Popen(
-            [sys.executable, str(self._script)],
-            cwd=self.folder,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
-        )
-
-    def _run_batch(self, jobs: Sequence[LoadJob]) -> list[dict[str, Any]]:
-        """Outcomes of the jobs, up to and including one that crashes the loader."""
-        batch = next(self._batches)
-        request = self.folder / f"jobs-{batch}.json"
-        response = self.folder / f"outcomes-{batch}.jsonl"
-        request.write_text(
-            json.dumps(
-                [
-                    {
-                        "path": str(job.path),
-                        "mode": job.mode,
-                        "allowed": None if job.allowed is None else sorted(job.allowed),
-                        "timeout": LOAD_TIMEOUT_SECONDS,
-                    }
-                    for job in jobs
-                ]
-            )
-        )
-        if self._proc is None:
-            self._proc = self._start()
-        proc = self._proc
-        assert proc.stdin is not None and proc.stdout is not None
-        # A hang in C code (which the loader's alarm cannot interrupt) kills the loader.
-        watchdog = threading.Timer(BATCH_TIMEOUT_SECONDS, proc.kill)
-        watchdog.start()
-        try:
-            proc.stdin.write(f"{request}\t{response}\n")
-            proc.stdin.flush()
-            reply = proc.stdout.readline()
-        except BrokenPipeError:
-            reply = ""
-        finally:
-            watchdog.cancel()
-        text = response.read_text() if response.exists() else ""
-        outcomes: list[dict[str, Any]] = [
-            json.loads(line) for line in text.splitlines() if line.endswith("}")
-        ]
-        if reply != "done\n":
-            proc.kill()
-            code = proc.wait()
-            self._proc = None
-            error = f"the loader crashed (exit status {code}) loading this file"
-            outcomes = outcomes[: len(jobs) - 1]
-            outcomes.append({"resolved": [], "refused": [], "error": error, "crashed": True})
-        return outcomes
-
-    def load(self, jobs: Sequence[LoadJob]) -> list[LoadOutcome]:
-        """Load every job's file with the real unpickler named by its mode."""
-        raw: list[dict[str, Any]] = []
-        while len(raw) < len(jobs):
-            raw += self._run_batch(jobs[len(raw) :])
-        return [
-            LoadOutcome(
-                resolved=frozenset((m, n) for m, n in item["resolved"]),
-                refused=tuple((m, n) for m, n in item["refused"]),
-                error=item["error"],
-                crashed=bool(item.get("crashed")),
-            )
-            for item in raw
-        ]
-
-    def close(self) -> None:
-        if self._proc is not None:
-            assert self._proc.stdin is not None
-            self._proc.stdin.close()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._stderr.close()
 
 
 @pytest.fixture(scope="module")

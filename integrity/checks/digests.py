@@ -13,20 +13,20 @@ import os
 import stat
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import ClassVar
 
 from integrity.checks import CheckContext, CheckOutcome, root_folder
 from integrity.files import (
+    Folders,
     PathProblem,
     describe_mode,
     display_name,
-    list_directory,
     list_names,
     lstat_path,
     open_regular,
+    walk_directory,
 )
-from integrity.hashing import parallel_map, sha256_fd
+from integrity.hashing import INLINE_BELOW, parallel_map, sha256_fd
 from integrity.manifest import FileDigest, Manifest
 from integrity.paths import collision_key, is_within
 from integrity.progress import Progress, human_size
@@ -43,10 +43,8 @@ _PROBLEM_CODES = {
 }
 
 
-@dataclass
-class _FileResult:
-    recorded: FileDigest
-    finding: Finding | None
+def _small(entry: FileDigest) -> bool:
+    return entry.size < INLINE_BELOW
 
 
 class DigestsCheck:
@@ -58,7 +56,7 @@ class DigestsCheck:
 
     def _run(self, manifest: Manifest, context: CheckContext, root_fd: int) -> CheckOutcome:
         findings: list[Finding] = []
-        recorded = {f.path: f for f in manifest.files}
+        recorded = {f.path for f in manifest.files}
         broken_dirs: list[str] = []
         names = _NameIndex(root_fd)
 
@@ -70,8 +68,12 @@ class DigestsCheck:
                 findings.append(problem)
                 broken_dirs.append(artifact.path)
                 continue
+            added: list[Finding] = []
             try:
-                present = list_directory(root_fd, artifact.path)
+                # Streamed: only what is not recorded is kept.
+                for path, found in walk_directory(root_fd, artifact.path):
+                    if path not in recorded:
+                        added.append(_added(path, found.stat(follow_symlinks=False).st_mode))
             except PathProblem as problem:  # changed between the lstat and the listing
                 findings.append(_unreadable(artifact.path, f"cannot list folder: {problem}"))
                 broken_dirs.append(artifact.path)
@@ -80,26 +82,29 @@ class DigestsCheck:
                 findings.append(_unreadable(artifact.path, f"cannot list folder: {exc.strerror}"))
                 broken_dirs.append(artifact.path)
                 continue
-            for path, st in present.items():
-                if path not in recorded:
-                    findings.append(_added(path, st.st_mode))
+            findings.extend(added)
 
-        to_hash = [f for f in manifest.files if not any(is_within(f.path, d) for d in broken_dirs)]
+        to_hash = manifest.files
+        if broken_dirs:
+            to_hash = [f for f in to_hash if not any(is_within(f.path, d) for d in broken_dirs)]
         total = sum(f.size for f in to_hash)
-        with Progress("digests", total, enabled=context.show_progress) as progress:
-
-            def verify(entry: FileDigest) -> _FileResult:
-                return _FileResult(entry, _verify_file(root_fd, entry, progress.advance, names))
-
-            results = list(parallel_map(verify, to_hash))
-
         verified = 0
-        for result in results:
-            if result.finding is None:
-                verified += 1
-                context.verified.add(result.recorded.path)
-            else:
-                findings.append(result.finding)
+        with (
+            Progress("digests", total, enabled=context.show_progress) as progress,
+            Folders(root_fd) as folders,
+        ):
+
+            def verify(entry: FileDigest) -> Finding | None:
+                return _verify_file(root_fd, entry, progress.advance, names, folders)
+
+            # Results come in input order: pair each with its entry as it arrives.
+            outcomes = parallel_map(verify, to_hash, inline=_small)
+            for entry, finding in zip(to_hash, outcomes, strict=True):
+                if finding is None:
+                    verified += 1
+                    context.verified.add(entry.path)
+                else:
+                    findings.append(finding)
 
         findings.sort(key=lambda f: (f.path or "", f.code))
         checked = len(manifest.files)
@@ -121,6 +126,8 @@ class _NameIndex:
         self._lock = threading.Lock()
 
     def names(self, directory: str) -> set[str] | None:
+        if directory in self._cache:  # read without the lock: entries are only ever added
+            return self._cache[directory]
         with self._lock:  # hashing threads share the index
             if directory not in self._cache:
                 self._cache[directory] = list_names(self._root_fd, directory)
@@ -139,11 +146,15 @@ class _NameIndex:
 
 
 def _verify_file(
-    root_fd: int, entry: FileDigest, advance: Callable[[int], None], names: _NameIndex
+    root_fd: int,
+    entry: FileDigest,
+    advance: Callable[[int], None],
+    names: _NameIndex,
+    folders: Folders,
 ) -> Finding | None:
     path = entry.path
     try:
-        fd, st = open_regular(root_fd, path)
+        fd, st = open_regular(root_fd, path, folders)
     except PathProblem as problem:
         return _problem_finding(problem, names, path)
     try:
@@ -169,7 +180,7 @@ def _verify_file(
                 actual=str(st.st_size),
             )
         try:
-            actual, count = sha256_fd(fd, advance)
+            actual, count = sha256_fd(fd, advance, st.st_size)
         except OSError as exc:
             return _unreadable(path, f"read failed: {exc.strerror}")
         if count != entry.size:

@@ -12,14 +12,15 @@ from pydantic import ValidationError
 
 from integrity.errors import UserError
 from integrity.files import (
+    Folders,
     PathProblem,
     describe_mode,
-    list_directory,
     lstat_path,
     open_regular,
     open_root,
+    walk_directory,
 )
-from integrity.hashing import parallel_map, sha256_fd
+from integrity.hashing import INLINE_BELOW, parallel_map, sha256_fd
 from integrity.manifest import (
     Artifact,
     FileDigest,
@@ -56,14 +57,32 @@ def _artifact(root: Path, given: str, role: str) -> Artifact:
     return Artifact(path=path, type="file", role=role)  # type: ignore[arg-type]
 
 
-def collect_artifacts(root: Path, model: str, others: list[str]) -> list[Artifact]:
-    """The named artifacts; a path named twice is recorded once, as the model if it is one."""
-    by_path: dict[str, Artifact] = {}
-    for given, role in [(model, "model")] + [(p, "artifact") for p in others]:
+_FLAGS = {"model": "--model", "artifact": "--artifact"}
+
+
+def collect_artifacts(root: Path, models: list[str], others: list[str]) -> list[Artifact]:
+    """Every artifact named: each `--model` a model, each `--artifact` another artifact.
+
+    Nothing named is dropped. A path named twice is one artifact (a model if it
+    was named as one). A path inside another named folder is refused: its files
+    would belong to two artifacts, perhaps in two roles.
+    """
+    named: dict[str, tuple[Artifact, str]] = {}  # manifest path: artifact, as first given
+    # Models first, so a path named both ways is a model.
+    for given, role in [(m, "model") for m in models] + [(p, "artifact") for p in others]:
         artifact = _artifact(root, given, role)
-        if artifact.path not in by_path:
-            by_path[artifact.path] = artifact
-    return list(by_path.values())
+        named.setdefault(artifact.path, (artifact, given))
+    for path, (_, given) in named.items():
+        folder = path
+        while "/" in folder:
+            folder = folder.rpartition("/")[0]
+            if folder in named:
+                outer, outer_given = named[folder]
+                raise UserError(
+                    f"{given}: is inside {outer_given} (named with {_FLAGS[outer.role]}); "
+                    "name the folder or what is in it, not both"
+                )
+    return [artifact for artifact, _ in named.values()]
 
 
 def expand_files(root_fd: int, artifacts: list[Artifact]) -> dict[str, int]:
@@ -75,39 +94,42 @@ def expand_files(root_fd: int, artifacts: list[Artifact]) -> dict[str, int]:
             if artifact.type == "file":
                 sizes[artifact.path] = lstat_path(root_fd, artifact.path).st_size
                 continue
-            entries = list_directory(root_fd, artifact.path)
+            for path, entry in walk_directory(root_fd, artifact.path):
+                st = entry.stat(follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode):
+                    raise UserError(
+                        f"{path}: is {describe_mode(st.st_mode)} inside a recorded folder; "
+                        "only regular files can be recorded"
+                    )
+                sizes[path] = st.st_size
         except PathProblem as problem:
             raise UserError(str(problem)) from None
         except OSError as exc:
             raise UserError(f"{artifact.path}: cannot list folder: {exc.strerror}") from None
-        for path, st in entries.items():
-            if not stat.S_ISREG(st.st_mode):
-                raise UserError(
-                    f"{path}: is {describe_mode(st.st_mode)} inside a recorded folder; "
-                    "only regular files can be recorded"
-                )
-            sizes[path] = st.st_size
     return dict(sorted(sizes.items()))
 
 
 def hash_files(root_fd: int, sizes: dict[str, int], show_progress: bool) -> list[FileDigest]:
     """The digest of every file in `sizes` (path to size, for the progress total)."""
-    with Progress("hashing", sum(sizes.values()), enabled=show_progress) as progress:
+    with (
+        Progress("hashing", sum(sizes.values()), enabled=show_progress) as progress,
+        Folders(root_fd) as folders,
+    ):
 
         def digest(path: str) -> FileDigest:
             try:
-                fd, _ = open_regular(root_fd, path)
+                fd, st = open_regular(root_fd, path, folders)
             except PathProblem as problem:
                 raise UserError(str(problem)) from None
             try:
-                sha256, size = sha256_fd(fd, progress.advance)
+                sha256, size = sha256_fd(fd, progress.advance, st.st_size)
             except OSError as exc:
                 raise UserError(f"{path}: read failed: {exc.strerror}") from None
             finally:
                 os.close(fd)
             return FileDigest(path=path, sha256=sha256, size=size)
 
-        return list(parallel_map(digest, sizes))
+        return list(parallel_map(digest, sizes, inline=lambda path: sizes[path] < INLINE_BELOW))
 
 
 def run_init(args: argparse.Namespace) -> int:

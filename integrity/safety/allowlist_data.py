@@ -31,6 +31,12 @@ Rules for editing:
   so a scanner must apply the same mapping before it looks a pair up;
 - add a pair only with the gather script's evidence and a review of what calling it does.
 
+Added on review, not gathered: plain standard-library data types pipelines carry (`Counter`,
+`deque`, `Decimal`, `Fraction`, `time`, `UUID`, pure paths, `SimpleNamespace`, the number types,
+`...`): building them runs nothing foreign. Where an argument could still be abused (a huge
+exponent, a lazy range to walk), `integrity/safety/states/stdlib_values.py` checks it. Callables
+and types that reach files or import by name (`zoneinfo`, concrete `pathlib.Path`) stay out.
+
 Left out on review: `_loss.Cy*` and `_loss.__pyx_unpickle_Cy*` (14 pairs), which scikit-learn
 1.5.x writes for the losses of (Hist)GradientBoosting models because its Cython module reports
 `__module__ == "_loss"`. Resolving them imports a top-level module `_loss`: harmless once
@@ -54,11 +60,16 @@ from __future__ import annotations
 ALLOWED_GLOBALS: dict[tuple[str, str], str] = {
     # --- Python standard library ---
     ("_codecs", "encode"): "turns text back into bytes (protocols 0-2 write bytes as latin-1 text)",
+    ("builtins", "Ellipsis"): "the ... constant (a slicing parameter): a value, not a callable",
+    ("builtins", "NotImplemented"): "the NotImplemented constant: a value, not a callable",
+    ("builtins", "bool"): "number type (a dtype parameter); calls checked: plain values only",
     ("builtins", "bytearray"): "inert constructor: a byte buffer",
     ("builtins", "bytes"): "inert constructor: bytes (protocols 0-2)",
     ("builtins", "complex"): "inert constructor: a complex number",
     ("builtins", "dict"): "inert type: copyreg._reconstructor base (protocols 0-1)",
+    ("builtins", "float"): "number type (a dtype parameter); calls checked: plain values only",
     ("builtins", "frozenset"): "inert constructor: a frozen set",
+    ("builtins", "int"): "number type (a dtype parameter); calls checked: plain values, bounded",
     ("builtins", "list"): "inert type: a list (defaultdict factory, reconstructor base)",
     ("builtins", "object"): "inert type: copyreg._reconstructor base (protocols 0-1)",
     ("builtins", "range"): "inert constructor: a lazy range (Python 2 spelling xrange)",
@@ -66,8 +77,10 @@ ALLOWED_GLOBALS: dict[tuple[str, str], str] = {
     ("builtins", "slice"): "inert constructor: a slice",
     ("builtins", "str"): "inert type: text (named by skops schemas)",
     ("builtins", "tuple"): "inert type: a tuple (named by skops schemas)",
+    ("collections", "Counter"): "a dict of counts; built from a dict only (checked)",
     ("collections", "OrderedDict"): "inert container: an ordered dict",
     ("collections", "defaultdict"): "container whose factory must itself be an allowed global",
+    ("collections", "deque"): "a queue; built from a list and a bounded maxlen (checked)",
     (
         "copyreg",
         "_reconstructor",
@@ -76,6 +89,16 @@ ALLOWED_GLOBALS: dict[tuple[str, str], str] = {
     ("datetime", "datetime"): "inert value: a date and time",
     ("datetime", "timedelta"): "inert value: a duration",
     ("datetime", "timezone"): "inert value: a fixed UTC offset",
+    ("datetime", "time"): "inert value: a time of day (C constructor checks its 6-byte state)",
+    ("decimal", "Decimal"): "a decimal number from text; digits and exponent bounded (checked)",
+    (
+        "fractions",
+        "Fraction",
+    ): "a rational number; ints or text, bounded, no huge exponent (checked)",
+    ("pathlib", "PurePosixPath"): "a path as text: pure paths have no file-system methods",
+    ("pathlib", "PureWindowsPath"): "a path as text: pure paths have no file-system methods",
+    ("types", "SimpleNamespace"): "attribute holder: built without arguments, state set after",
+    ("uuid", "UUID"): "a 128-bit identifier; its state is one bounded int (checked)",
     # --- joblib ---
     (
         "joblib.numpy_pickle",

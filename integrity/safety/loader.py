@@ -113,6 +113,8 @@ def load_model(path: Path, allowlist: AllowList | None = None) -> Any:
         # if the scan were wrong (the tests load every attack with it bypassed).
         fmt = detect_format(os.pread(fd, 8, 0))
         size = os.fstat(fd).st_size
+        if scan.format.startswith("torch") or scan.format == "tar":
+            raise UnsafeModelError(f"{path}: {scan.format} files are scanned, not loaded")
         if fmt == "pickle":
             source: Source = FileSource(fd, size)
         elif fmt.startswith("joblib-") and fmt != "joblib-legacy":

@@ -40,10 +40,21 @@ from typing import Any, Protocol
 
 from integrity.safety import states
 from integrity.safety.streams import NO_FENCE, Source, StreamError
-from integrity.safety.symbols import Global, Obj, Opaque, SDict, SList, SSet
+from integrity.safety.symbols import (
+    ArrayValue,
+    ContentBudget,
+    Global,
+    Obj,
+    Opaque,
+    SDict,
+    SList,
+    SSet,
+)
 
 MAX_LINE = 1 << 20  # protocol 0 text arguments; longer lines are refused
 MAX_KEPT = 1 << 16  # byte/str arguments longer than this are skipped, kept as opaque
+# ...except bytes and text (an array's raw data, as protocols 0-2 write it too), kept
+# within the machine's content budget.
 HIGHEST_PROTOCOL = 5
 
 
@@ -156,6 +167,12 @@ class PickleMachine:
         self.persistent_reads_on = True
         # [start, end) of each block of raw array data skipped as joblib skips it.
         self.array_spans: list[tuple[int, int]] = []
+        # Array content kept for the state validators (shared by nested machines).
+        self.budget = ContentBudget()
+        # The loader's persistent_load, for formats whose loader passes one (PyTorch
+        # checkpoints): (machine, pid, offset) -> the symbol it pushes; it raises
+        # PickleError to refuse. None: no stock loader passes one, refused.
+        self.persistent_load: Callable[[PickleMachine, Any, int], Any] | None = None
 
     # ------------------------------------------------------------ reading
     # The machine reads the source's window directly (`source.buf`, `source.pos`).
@@ -298,8 +315,12 @@ class PickleMachine:
             raise self._truncated()
         return line[:-1]
 
+    def _keeps(self, n: int) -> bool:
+        """Whether n bytes of content are kept (within the content budget)."""
+        return self.budget.take(n)
+
     def _read_bytes_arg(self, n: int, kind: str) -> Any:
-        if n <= MAX_KEPT:
+        if n <= MAX_KEPT or (kind in ("bytes", "string") and self._keeps(n)):
             return self.read(n)
         self.skip(n)
         return Opaque(kind, n)
@@ -789,8 +810,11 @@ def _binbytes8(vm: PickleMachine, offset: int) -> None:
 @_op(b"\x96")
 def _bytearray8(vm: PickleMachine, offset: int) -> None:
     (n,) = struct.unpack("<Q", vm.read(8))
-    vm.skip(n)
-    vm.push(Opaque("bytearray", n))  # mutable: never taken for bytes
+    # Mutable: never taken for bytes. Kept within the budget (protocol 5 array data).
+    data = vm.read(n) if vm._keeps(n) else None
+    if data is None:
+        vm.skip(n)
+    vm.push(Opaque("bytearray", n, data))
 
 
 @_op(b"\x97")
@@ -810,7 +834,10 @@ def _readonly_buffer(vm: PickleMachine, offset: int) -> None:
     if isinstance(value, bytes):
         return
     if isinstance(value, Obj) or (isinstance(value, Opaque) and value.kind in _BUFFER_KINDS):
-        vm.stack[-1] = Opaque("buffer", value.size if isinstance(value, Opaque) else 0)
+        if isinstance(value, Opaque):
+            vm.stack[-1] = Opaque("buffer", value.size, value.data)
+        else:
+            vm.stack[-1] = Opaque("buffer")
         return
     raise vm._fail(
         "malformed", f"READONLY_BUFFER on {_describe(value)}, not a buffer", offset, FAILS
@@ -937,6 +964,21 @@ def _frozenset(vm: PickleMachine, offset: int) -> None:
 
 def _container_target(vm: PickleMachine, kinds: tuple[type, ...], what: str, offset: int) -> Any:
     target = vm.top()
+    if isinstance(target, ArrayValue):
+        # ndarray.__setitem__ and friends: the content the state validators read would
+        # not be the content the library is given.
+        raise vm._fail(
+            "indirect-call",
+            f"{what} on an ndarray: it would change the array after the scanner read it",
+            offset,
+        )
+    if isinstance(target, SList) and target.checked:
+        raise vm._fail(
+            "indirect-call",
+            f"{what} on a list an object holds since its state was checked: it would "
+            "change that object after the scanner checked it",
+            offset,
+        )
     if isinstance(target, kinds) and not isinstance(target, SFrozenSet):
         return target
     raise vm._fail(
@@ -1010,6 +1052,23 @@ def _setitem(vm: PickleMachine, offset: int) -> None:
     target = _container_target(vm, (SDict, SList, Obj), "SETITEM", offset)
     if isinstance(target, SDict):
         _set_items(vm, target, [key, value])
+    if isinstance(target, SList):
+        _list_assign(vm, target, key, value, offset)
+
+
+def _list_assign(vm: PickleMachine, target: SList, key: Any, value: Any, offset: int) -> None:
+    """list[key] = value, followed: the list may still be what an object is built from
+    (a forest's trees), and the validators must see what the object will hold."""
+    if type(key) is int and -len(target.items) <= key < len(target.items):
+        target.items[key] = value
+        return
+    raise vm._fail(
+        "malformed",
+        f"SETITEM on a list with key {_describe(key)}: not an index the scanner follows",
+        offset,
+        # Anything but an int or a slice fails in list.__setitem__.
+        REFUSED if isinstance(key, Obj | Opaque) else FAILS,
+    )
 
 
 @_op(b"u")
@@ -1028,6 +1087,9 @@ def _setitems(vm: PickleMachine, offset: int) -> None:
         )
     if isinstance(target, SDict):
         _set_items(vm, target, items)
+    if isinstance(target, SList):
+        for i in range(0, len(items), 2):
+            _list_assign(vm, target, items[i], items[i + 1], offset)
 
 
 @_op(b"\x90")
@@ -1190,7 +1252,8 @@ def _make(
             "it makes may be an array wrapper joblib reads array data after",
             offset,
         )
-    made = Obj(func, args)
+    keywords = kwargs if kwargs is not None and (kwargs.items or kwargs.other) else None
+    made = Obj(func, args, keywords=keywords)
     try:
         vm.push(states.checked_call(made))
     except states.UnsafeState as exc:
@@ -1405,18 +1468,31 @@ DICT_STATE_CLASSES.add(JOBLIB_WRAPPER)
 # ---- refused outright
 
 
-@_op(b"P")
-def _persid(vm: PickleMachine, offset: int) -> None:
-    raise vm._fail(
+def _no_persistent_load(vm: PickleMachine, offset: int) -> PickleError:
+    return vm._fail(
         "persistent-id",
         "persistent-id opcode: the loader would hand its argument to persistent_load",
         offset,
     )
 
 
+@_op(b"P")
+def _persid(vm: PickleMachine, offset: int) -> None:
+    if vm.persistent_load is None:
+        raise _no_persistent_load(vm, offset)
+    try:
+        pid = vm.readline().decode("ascii")
+    except UnicodeDecodeError:
+        raise vm._fail("malformed", "a persistent id is not ASCII", offset, FAILS) from None
+    vm.push(vm.persistent_load(vm, pid, offset))
+
+
 @_op(b"Q")
 def _binpersid(vm: PickleMachine, offset: int) -> None:
-    _persid(vm, offset)
+    if vm.persistent_load is None:
+        raise _no_persistent_load(vm, offset)
+    pid = vm.pop()
+    vm.push(vm.persistent_load(vm, pid, offset))
 
 
 def _ext(vm: PickleMachine, offset: int) -> None:

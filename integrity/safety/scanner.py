@@ -4,8 +4,11 @@ Formats are recognised by content, the way the loader will see them:
 - pickle (protocols 0-5), and joblib files with raw array data;
 - joblib files compressed with zlib, gzip, bz2, xz, lzma or lz4 (joblib's own
   magic-byte detection, streamed and bounded);
-- `.npy` (an object array holds a pickle) and zip archives (`.npz`, skops).
-A file in an executable format that cannot be followed to its end is unsafe.
+- `.npy` (an object array holds a pickle);
+- archives (`archives`: zip, `.npz`, skops, tar) and PyTorch checkpoints
+  (`torch_checkpoint`: zip, legacy and tar formats).
+A file in an executable format that cannot be followed to its end is unsafe; a file that may
+hold a pickle the scanner cannot read is too.
 
 An uncompressed joblib file is read the way both its loaders read it:
 joblib.load skips raw array data, plain pickle.load reads those bytes as
@@ -20,11 +23,11 @@ import importlib.util
 import os
 import re
 import sys
-import zipfile
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from integrity.safety import archives, torch_checkpoint
 from integrity.safety.allowlist import AllowList
 from integrity.safety.arrays import read_joblib_array
 from integrity.safety.pickle_vm import (
@@ -35,13 +38,10 @@ from integrity.safety.pickle_vm import (
     importable,
 )
 from integrity.safety.streams import (
-    MAX_RATIO,
-    MIN_BOUND,
     DecompressingSource,
     FileSource,
     Source,
     StreamError,
-    StreamSource,
 )
 
 MAX_FINDINGS = 50
@@ -56,10 +56,8 @@ COMPRESSION_PREFIXES: list[tuple[str, bytes]] = [
     ("lz4", b"\x04\x22\x4d\x18"),
 ]
 NPY_MAGIC = b"\x93NUMPY"
-ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 JOBLIB_LEGACY_PREFIX = b"ZF"
 MAX_NPY_HEADER = 1 << 20
-MAX_ZIP_MEMBERS = 10_000
 MAX_APPENDED = 16  # pickles after the first one that are scanned to name what they load
 # Bytes after the first array, followed as plain pickle.load reads them. Real
 # array data stops being opcodes within a few bytes; more is refused.
@@ -111,7 +109,7 @@ def detect_format(head: bytes) -> str:
     """What the loader will take the file for, from its first bytes."""
     if head.startswith(NPY_MAGIC):
         return "npy"
-    if head.startswith(ZIP_MAGICS):
+    if head.startswith(archives.ZIP_MAGICS):
         return "zip"
     if head.startswith(JOBLIB_LEGACY_PREFIX):
         return "joblib-legacy"
@@ -324,8 +322,11 @@ def _module_exists(top: str) -> bool:
         return False
 
 
-def scan_fd(fd: int, display: str, allowlist: AllowList | None = None) -> ScanResult:
-    """Scan an open regular file (the caller proved it is one and closes it)."""
+def scan_fd(
+    fd: int, display: str, allowlist: AllowList | None = None, *, depth: int = 0
+) -> ScanResult:
+    """Scan an open regular file (the caller proved it is one and closes it). `depth`: how
+    deep inside other archives this file was found."""
     allowlist = allowlist or AllowList()
     size = os.fstat(fd).st_size
     head = os.pread(fd, 8, 0)
@@ -335,6 +336,10 @@ def scan_fd(fd: int, display: str, allowlist: AllowList | None = None) -> ScanRe
     if size == 0:
         result.format = "empty"
         return result
+    if fmt.startswith("joblib-") and not _decompresses(fd, size, fmt):
+        # joblib fails before it unpickles a byte (a CSV whose first byte is zlib's
+        # 0x78): what remains is how plain pickle.load reads the raw file.
+        fmt = result.format = "pickle"
     if fmt == "joblib-legacy":
         scan.add(
             "legacy-joblib",
@@ -343,25 +348,64 @@ def scan_fd(fd: int, display: str, allowlist: AllowList | None = None) -> ScanRe
         )
         _scan_legacy(scan, fd, size)
     elif fmt.startswith("joblib-"):
-        method = fmt.removeprefix("joblib-")
-        try:
-            source: Source = DecompressingSource(fd, size, method)
-        except StreamError as exc:
-            scan.add("unscannable", str(exc), 0)
-            return result
-        scan.decompressed = True
-        scan.pickle_stream(source, sniff=False, joblib=True, c_reads=False)
+        _scan_compressed(scan, fd, size, fmt.removeprefix("joblib-"))
     elif fmt == "npy":
         _scan_npy(scan, FileSource(fd, size), size)
     elif fmt == "zip":
-        _scan_zip(scan, fd)
+        archives.scan_zip(scan, fd, size, depth)
     else:
-        sniff = head[:1] != b"\x80"
-        if not scan.pickle_stream(FileSource(fd, size), sniff=sniff, joblib=True):
-            result.format = "not-pickle"
-        elif any((g.module, g.name) == JOBLIB_WRAPPER_NAME for g in result.globals_used):
-            result.format = "joblib"
+        if torch_checkpoint.is_legacy(fd):
+            result.format = "torch-legacy"
+            torch_checkpoint.scan_legacy(scan, fd, size)
+        else:
+            sniff = head[:1] != b"\x80"
+            if not scan.pickle_stream(FileSource(fd, size), sniff=sniff, joblib=True):
+                result.format = "not-pickle"
+            elif any((g.module, g.name) == JOBLIB_WRAPPER_NAME for g in result.globals_used):
+                result.format = "joblib"
+        # PyTorch's legacy loader reads any file as a tar first; other archives may hold a
+        # pickle the scanner cannot read.
+        archives.scan_container(scan, fd, size, depth, is_pickle=result.format != "not-pickle")
     return result
+
+
+def _decompresses(fd: int, size: int, fmt: str) -> bool:
+    """Whether the decompressor joblib picks for `fmt` yields at least one byte of the file
+    (a method whose module is missing counts as yes: the file is reported unscannable)."""
+    if fmt == "joblib-legacy":
+        method, start = "zlib", LEGACY_HEADER + (os.pread(fd, 1, LEGACY_HEADER) == b" ")
+    else:
+        method, start = fmt.removeprefix("joblib-"), 0
+    try:
+        source = DecompressingSource(fd, size, method, start=start)
+    except StreamError:
+        return True
+    try:
+        return bool(source.read(1))
+    except StreamError:
+        return False
+
+
+def _scan_compressed(scan: _Scan, fd: int, size: int, method: str) -> None:
+    """A joblib-compressed pickle; an archive compressed the same way (a .tar.gz) is not
+    one joblib loads, but may hold a pickle the scanner does not read."""
+    try:
+        peek: Source = DecompressingSource(fd, size, method)
+    except StreamError as exc:  # the method's module is not installed
+        scan.add("unscannable", str(exc), 0)
+        return
+    try:
+        head = peek.read(archives.TAR_BLOCK)
+    except StreamError:
+        head = b""  # corrupt early: the pickle scan reports it after what it can read
+    scan.decompressed = True
+    if not archives.compressed_container(scan, head, method):
+        # A source of its own (it seeks the shared descriptor back to the start), so that
+        # the pickle is read at full speed rather than through a push-back wrapper.
+        # joblib alone reads a compressed file: the C unpickler never does.
+        scan.pickle_stream(
+            DecompressingSource(fd, size, method), sniff=False, joblib=True, c_reads=False
+        )
 
 
 def _scan_legacy(scan: _Scan, fd: int, size: int) -> None:
@@ -390,7 +434,7 @@ def scan_path(path: Path, allowlist: AllowList | None = None) -> ScanResult:
         os.close(fd)
 
 
-# ---------------------------------------------------------------- npy / zip
+# ---------------------------------------------------------------- npy
 
 
 # The dtype strings numpy.save writes for arrays without Python objects
@@ -443,75 +487,3 @@ def _scan_npy(scan: _Scan, source: Source, size: int) -> None:
         # numpy.load(allow_pickle=True) unpickles the rest of the file with
         # pickle.load: joblib array data means nothing there.
         scan.pickle_stream(source, sniff=False, joblib=False)
-
-
-def _scan_zip(scan: _Scan, fd: int) -> None:
-    """`.npz` and other zip archives: every member that can hold a pickle is scanned (in a
-    skops file too, after skops' audit: numpy.load reads any zip as an .npz)."""
-    raw = open(fd, "rb", closefd=False)  # noqa: SIM115 - closed with the archive
-    try:
-        archive = zipfile.ZipFile(raw)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        scan.add("malformed", f"zip archive cannot be read: {exc}", 0)
-        return
-    with archive:
-        members = archive.infolist()
-        names = {m.filename for m in members}
-        if "schema.json" in names:
-            scan.result.format = "skops"
-            _scan_skops(scan, fd)
-        else:
-            scan.result.format = "npz" if all(n.endswith(".npy") for n in names) else "zip"
-        if len(members) > MAX_ZIP_MEMBERS:
-            scan.add("malformed", "zip archive has too many members", 0)
-            return
-        for member in members:
-            if member.is_dir():
-                continue
-            scan.member = member.filename
-            if member.file_size > max(MIN_BOUND, member.compress_size * MAX_RATIO):
-                scan.add("decompression-bomb", "zip member expands beyond the bound", None)
-                continue
-            try:
-                with archive.open(member) as stream:
-                    source = StreamSource(stream)
-                    head = source.peek(8)
-                    if head.startswith(NPY_MAGIC):
-                        _scan_npy(scan, source, member.file_size)
-                    elif head[:1] == b"\x80" or member.filename.endswith((".pkl", ".pickle")):
-                        # Whoever loads it, plain semantics fail closed: raw array
-                        # data read as opcodes does not parse.
-                        sniff = head[:1] != b"\x80"
-                        scan.pickle_stream(source, sniff=sniff, joblib=False)
-            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-                scan.add("malformed", f"zip member cannot be read: {exc}", None)
-        scan.member = None
-
-
-def _scan_skops(scan: _Scan, fd: int) -> None:
-    """skops files: skops' own audit lists the types it does not trust. It reads the open
-    file (never the path again: a path may be relative to another folder, or replaced)."""
-    try:
-        from skops.io import get_untrusted_types
-    except ImportError:
-        scan.add(
-            "unscannable",
-            "skops file, but skops is not installed to audit it (pip install skops)",
-            0,
-        )
-        return
-    try:
-        with open(fd, "rb", closefd=False) as handle:
-            # skops hands `file` to zipfile.ZipFile, which takes a file object as well.
-            untrusted = get_untrusted_types(file=handle)
-    except Exception as exc:  # skops raises many kinds on a corrupt file
-        scan.add("malformed", f"skops cannot read the file: {type(exc).__name__}: {exc}", 0)
-        return
-    for name in untrusted:
-        module, _, attr = name.rpartition(".")
-        verdict = scan.allowlist.verdict(module, attr)
-        if verdict.allowed:
-            if verdict.extended_reason is not None:
-                scan.result.extended[name] = verdict.extended_reason
-            continue
-        scan.add("untrusted-type", f"{name}: {verdict.description}", None, name)

@@ -1,4 +1,5 @@
-"""Byte streams the scanner reads: a file, a file decompressed on the fly, a zip member.
+"""Byte streams the scanner reads: a file, a file decompressed on the fly (and, in
+`archives`, an archive member).
 
 Each is read through a window in memory (`Source.buf`, at most about a block
 past the read position: never the whole stream), which the symbolic pickle
@@ -16,7 +17,7 @@ import bz2
 import lzma
 import os
 import zlib
-from typing import IO, Protocol
+from typing import Protocol
 
 BLOCK = 1 << 20
 # Decompressed output is bounded: a ratio to the compressed size (real models
@@ -178,20 +179,6 @@ class FileSource(Source):
         self.pos = 0
         self.base = self._next = offset
         self._restop()
-
-
-class StreamSource(Source):
-    """A file object read in blocks (a zip member: zipfile decompresses in bounded
-    chunks and refuses members larger than their declared size)."""
-
-    __slots__ = ("_stream",)
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        super().__init__()
-        self._stream = stream
-
-    def _more(self) -> bytes:
-        return self._stream.read(BLOCK)
 
 
 class _Decompressor(Protocol):

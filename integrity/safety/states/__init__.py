@@ -89,7 +89,21 @@ def checked_build(target: Obj, state: Any) -> Any:
 
 def _load_validators() -> None:
     # Imported for their registrations.
-    from integrity.safety.states import numpy_dtype  # noqa: F401
+    from integrity.safety.states import (  # noqa: F401
+        numpy_array,
+        numpy_dtype,
+        numpy_random,
+        pandas_arrays,
+        pandas_internals,
+        scipy_sparse,
+        sklearn_losses,
+        sklearn_neighbors,
+        sklearn_svm,
+        sklearn_text,
+        sklearn_tree,
+        stdlib_reconstructor,
+        stdlib_values,
+    )
 
 
 _load_validators()
