@@ -196,20 +196,8 @@ def ensure_model(data_dir: Path, size_mb: float) -> dict[str, object]:
     )
     with contextlib.suppress(FileNotFoundError):
         meta_path.unlink()
-    done = subprocess.run(
-        [
-            *("nice", "-n", "19", sys.executable, "-c", _BUILD),
-            *(str(data_dir), str(target), json.dumps(MODEL_FILES)),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise BenchmarkError(f"building the model failed:\n{done.stderr[-4000:]}")
-    meta = json.loads(done.stdout.strip().splitlines()[-1])
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    return dict(meta)
+    argv = [sys.executable, "-c", _BUILD, str(data_dir), str(target), json.dumps(MODEL_FILES)]
+    return measure.build_in_child(argv, meta_path, "the model")
 
 
 def ensure_tool(tools_dir: Path, package: str) -> Path:

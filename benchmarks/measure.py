@@ -15,6 +15,7 @@ Standard library only.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import statistics
@@ -149,6 +150,17 @@ def run(argv: list[str], cwd: Path, stdin: Path | None = None, timeout: int = 0)
         # launcher's own start, a few hundredths) took from the cores meanwhile.
         others = max(0.0, busy - float(cpu))
         return Run(float(seconds), int(maxrss), int(code), stdout, stderr, float(cpu), others)
+
+
+def build_in_child(argv: list[str], meta_path: Path, what: str) -> dict[str, object]:
+    """Run a build script (`argv`, niced) that prints its metadata as JSON on its last
+    line; the metadata, also written to `meta_path`."""
+    done = subprocess.run(["nice", "-n", "19", *argv], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BenchmarkError(f"building {what} failed:\n{done.stderr[-4000:]}")
+    meta: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
 
 
 def disturbed(result: Run, cores: int) -> bool:

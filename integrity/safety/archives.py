@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from integrity.safety import torch_checkpoint
-from integrity.safety.streams import BLOCK, MAX_RATIO, MIN_BOUND, StreamError
+from integrity.safety.streams import BLOCK, MAX_RATIO, MIN_BOUND, Source, StreamError
 
 if TYPE_CHECKING:
     import tarfile
@@ -144,57 +144,20 @@ def is_tar_header(block: bytes) -> bool:
 # ---------------------------------------------------------------- member data
 
 
-class ChunkSource:
-    """Bytes from a chunk iterator as a Source (read, readline, skip, tell)."""
+class ChunkSource(Source):
+    """Bytes from a chunk iterator as a Source, read a chunk at a time."""
+
+    __slots__ = ("_chunks",)
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
+        super().__init__()
         self._chunks = chunks
-        self._buffer = b""
-        self._pos = 0
-        self._consumed = 0  # bytes before _buffer
 
-    def _fill(self) -> bool:
+    def _more(self) -> bytes:
         for chunk in self._chunks:
             if chunk:
-                self._consumed += self._pos
-                self._buffer = self._buffer[self._pos :] + chunk
-                self._pos = 0
-                return True
-        return False
-
-    def read(self, n: int) -> bytes:
-        while len(self._buffer) - self._pos < n and self._fill():
-            pass
-        out = self._buffer[self._pos : self._pos + n]
-        self._pos += len(out)
-        return out
-
-    def peek(self, n: int) -> bytes:
-        """Up to n bytes ahead, left to be read."""
-        while len(self._buffer) - self._pos < n and self._fill():
-            pass
-        return self._buffer[self._pos : self._pos + n]
-
-    def readline(self, limit: int) -> bytes:
-        while True:
-            end = self._buffer.find(b"\n", self._pos, self._pos + limit)
-            if end >= 0:
-                return self.read(end + 1 - self._pos)
-            if len(self._buffer) - self._pos >= limit or not self._fill():
-                return self.read(limit)
-
-    def skip(self, n: int) -> int:
-        skipped = 0
-        while skipped < n:
-            if self._pos == len(self._buffer) and not self._fill():
-                break
-            take = min(n - skipped, len(self._buffer) - self._pos)
-            self._pos += take
-            skipped += take
-        return skipped
-
-    def tell(self) -> int:
-        return self._consumed + self._pos
+                return chunk
+        return b""
 
 
 def _stored(fd: int, start: int, size: int) -> Iterator[bytes]:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from integrity.safety import states
-from integrity.safety.streams import Source, StreamError
+from integrity.safety.streams import NO_FENCE, Source, StreamError
 from integrity.safety.symbols import (
     ArrayValue,
     ContentBudget,
@@ -143,7 +143,8 @@ class PickleMachine:
         self.stack: list[Any] = []
         self.metastack: list[list[Any]] = []
         self.memo: MemoLike = {}
-        self.frame_end: int | None = None  # stream offset where the current frame ends
+        self._frame_end: int | None = None  # stream offset where the current frame ends
+        self._running = False  # the source's fence is this machine's
         # Which stock unpicklers are still reading. Once the Python one has failed
         # (a frame problem, a number only C parses...), reading goes on with the C
         # one's semantics: frames ignored, no joblib array data.
@@ -154,7 +155,7 @@ class PickleMachine:
         self.problems: list[PickleError] = []
         self.on_problem: Callable[[PickleError], None] | None = None
         self.op_offset = 0  # offset of the opcode being followed
-        self.limit: int | None = None  # no opcode may start beyond this offset
+        self.limit: int | None = None  # no opcode may start beyond this offset (set before run)
         # Offset where joblib's reading first leaves plain pickle.load's: the first
         # array data (raw bytes or a nested pickle) after a NumpyArrayWrapper.
         self.first_array: int | None = None
@@ -164,7 +165,6 @@ class PickleMachine:
         self.holds_wrapper: dict[int, Any] = {}
         # At a persistent id, read on as a loader with a persistent_load would.
         self.persistent_reads_on = True
-        self.opcodes = 0
         # [start, end) of each block of raw array data skipped as joblib skips it.
         self.array_spans: list[tuple[int, int]] = []
         # Array content kept for the state validators (shared by nested machines).
@@ -175,6 +175,27 @@ class PickleMachine:
         self.persistent_load: Callable[[PickleMachine, Any, int], Any] | None = None
 
     # ------------------------------------------------------------ reading
+    # The machine reads the source's window directly (`source.buf`, `source.pos`).
+    # While it runs, the source's fence is where this machine must check something
+    # (the current frame's end, the limit): below `source.stop` a read is in the
+    # window and checks nothing; a read that reaches `stop` takes the slow path,
+    # which checks the frame exactly as before and refills the window.
+
+    @property
+    def frame_end(self) -> int | None:
+        return self._frame_end
+
+    @frame_end.setter
+    def frame_end(self, value: int | None) -> None:
+        self._frame_end = value
+        if self._running:
+            self.source.set_fence(self._fence())
+
+    def _fence(self) -> int:
+        fence = NO_FENCE if self._frame_end is None else self._frame_end
+        if self.limit is not None:
+            fence = min(fence, self.limit + 1)  # an opcode may start at the limit
+        return fence
 
     def _fail(
         self, code: str, message: str, offset: int | None = None, nature: str = REFUSED
@@ -222,30 +243,60 @@ class PickleMachine:
         self.one_fails(PYTHON, "bad-frame", message, self.op_offset)
 
     def _here(self) -> int:
-        here = self.source.tell()
-        if self.frame_end is not None and here >= self.frame_end:
+        source = self.source
+        here = source.base + source.pos
+        if self._frame_end is not None and here >= self._frame_end:
             self.frame_end = None  # the frame is exhausted: reads go to the file
         return here
 
     def _check_frame(self, n: int) -> None:
         """A read of n bytes must lie within the current frame, or start after it."""
         here = self._here()
-        if self.frame_end is not None and not self.linear and here + n > self.frame_end:
+        if self._frame_end is not None and not self.linear and here + n > self._frame_end:
             self._frame_problem("an opcode runs past the end of its frame")
 
     def read(self, n: int) -> bytes:
+        source = self.source
+        pos = source.pos
+        end = pos + n
+        if pos <= end <= source.stop:
+            source.pos = end
+            return source.buf[pos:end]
         self._check_frame(n)
-        data = self.source.read(n)
+        data = source.read(n)
         if len(data) < n:
             raise self._truncated()
         return data
 
+    def read_byte(self) -> int:
+        """One byte of the stream, as an int."""
+        source = self.source
+        pos = source.pos
+        if pos < source.stop:
+            source.pos = pos + 1
+            return source.buf[pos]
+        return self.read(1)[0]
+
     def skip(self, n: int) -> None:
+        source = self.source
+        end = source.pos + n
+        if n >= 0 and end <= source.stop:
+            source.pos = end
+            return
         self._check_frame(n)
-        if self.source.skip(n) < n:
+        if source.skip(n) < n:
             raise self._truncated()
 
     def readline(self) -> bytes:
+        source = self.source
+        buf, pos = source.buf, source.pos
+        end = buf.find(b"\n", pos, source.stop)
+        if 0 <= end < pos + MAX_LINE:
+            source.pos = end + 1
+            return buf[pos:end]
+        return self._readline_checked()
+
+    def _readline_checked(self) -> bytes:
         here = self._here()
         frame_end = None if self.linear else self.frame_end
         limit = MAX_LINE if frame_end is None else min(MAX_LINE, frame_end - here)
@@ -277,9 +328,12 @@ class PickleMachine:
     # ------------------------------------------------------------ stack
 
     def pop(self) -> Any:
-        if not self.stack:
-            raise self._fail("malformed", "the pickle pops from an empty stack", nature=FAILS)
-        return self.stack.pop()
+        try:
+            return self.stack.pop()
+        except IndexError:
+            raise self._fail(
+                "malformed", "the pickle pops from an empty stack", nature=FAILS
+            ) from None
 
     def top(self) -> Any:
         if not self.stack:
@@ -330,34 +384,62 @@ class PickleMachine:
 
     def run(self) -> Any:
         """Walk to STOP; returns the symbolic top-level object."""
-        dispatch = _DISPATCH
+        source = self.source
+        outer_fence = source.fence  # a machine that runs this one (nested pickles)
+        self._running = True
+        source.set_fence(self._fence())
+        try:
+            return self._walk(source)
+        finally:
+            self._running = False
+            source.set_fence(outer_fence)
+
+    def _walk(self, source: Source) -> Any:
+        dispatch = _TABLE or _table()
+        memo = self.memo
         while True:
-            offset = self._here()
+            pos = source.pos
+            if pos < source.stop:  # in the window, before any frame end or limit
+                buf = source.buf
+                code = buf[pos]
+                # BINGET (0x68), a third of the opcodes of a model of many objects:
+                # its common case here, without a call; anything else is the handler's.
+                if code == 0x68 and pos + 1 < source.stop and buf[pos + 1] in memo:
+                    source.pos = pos + 2
+                    self.stack.append(memo[buf[pos + 1]])
+                    continue
+                source.pos = pos + 1
+                offset = source.base + pos
+            else:
+                offset, code = self._next_opcode()
             self.op_offset = offset
-            if self.limit is not None and offset > self.limit:
-                raise self._fail(
-                    "too-long", "the pickle is longer than the scanner follows", offset
-                )
-            code = self.source.read(1)
-            if not code:
-                raise self._fail(
-                    "truncated",
-                    "the pickle ends without STOP: the unpickler would still run its prefix",
-                    offset,
-                    FAILS,
-                )
-            self.opcodes += 1
-            handler = dispatch.get(code[0])
+            handler = dispatch[code]
             if handler is None:
-                raise self._fail("unknown-opcode", f"unknown opcode 0x{code[0]:02x}", offset, FAILS)
-            depth = len(self.stack)
+                raise self._fail("unknown-opcode", f"unknown opcode 0x{code:02x}", offset, FAILS)
             try:
                 if handler(self, offset):
                     return self.pop()
             except PickleError as exc:
                 if exc.code != "persistent-id" or not self.persistent_reads_on:
                     raise
-                self._persistent_object(code[0], offset, depth, exc)
+                # PERSID and BINPERSID raise before they read or pop anything: the
+                # depth now is the depth before them (not taken at every opcode).
+                self._persistent_object(code, offset, len(self.stack), exc)
+
+    def _next_opcode(self) -> tuple[int, int]:
+        """(offset, opcode) at a frame's end, the limit or the window's end."""
+        offset = self._here()
+        if self.limit is not None and offset > self.limit:
+            raise self._fail("too-long", "the pickle is longer than the scanner follows", offset)
+        code = self.source.read(1)
+        if not code:
+            raise self._fail(
+                "truncated",
+                "the pickle ends without STOP: the unpickler would still run its prefix",
+                offset,
+                FAILS,
+            )
+        return offset, code[0]
 
 
 def _persistent_read_on(vm: PickleMachine, opcode: int, offset: int, depth: int) -> None:
@@ -390,6 +472,12 @@ def _describe(value: Any) -> str:
 
 Handler = Callable[[PickleMachine, int], bool | None]
 _DISPATCH: dict[int, Handler] = {}
+_TABLE: list[Handler | None] = []  # _DISPATCH by opcode, made at the first run
+
+
+def _table() -> list[Handler | None]:
+    _TABLE[:] = [_DISPATCH.get(code) for code in range(256)]
+    return _TABLE
 
 
 def _op(code: bytes) -> Callable[[Handler], Handler]:
@@ -464,17 +552,17 @@ def _dup(vm: PickleMachine, offset: int) -> None:
 
 @_op(b"N")
 def _none(vm: PickleMachine, offset: int) -> None:
-    vm.push(None)
+    vm.stack.append(None)
 
 
 @_op(b"\x88")
 def _true(vm: PickleMachine, offset: int) -> None:
-    vm.push(True)
+    vm.stack.append(True)
 
 
 @_op(b"\x89")
 def _false(vm: PickleMachine, offset: int) -> None:
-    vm.push(False)
+    vm.stack.append(False)
 
 
 def _parsed(vm: PickleMachine, what: str, c_value: Any, py_value: Any, offset: int) -> Any:
@@ -555,7 +643,7 @@ def _binint(vm: PickleMachine, offset: int) -> None:
 
 @_op(b"K")
 def _binint1(vm: PickleMachine, offset: int) -> None:
-    vm.push(vm.read(1)[0])
+    vm.stack.append(vm.read_byte())
 
 
 @_op(b"M")
@@ -693,7 +781,7 @@ def _binunicode(vm: PickleMachine, offset: int) -> None:
 
 @_op(b"\x8c")
 def _short_binunicode(vm: PickleMachine, offset: int) -> None:
-    vm.push(_utf8(vm, vm.read(vm.read(1)[0]), offset))
+    vm.stack.append(_utf8(vm, vm.read(vm.read_byte()), offset))
 
 
 @_op(b"\x8d")
@@ -710,7 +798,7 @@ def _binbytes(vm: PickleMachine, offset: int) -> None:
 
 @_op(b"C")
 def _short_binbytes(vm: PickleMachine, offset: int) -> None:
-    vm.push(vm.read(vm.read(1)[0]))
+    vm.stack.append(vm.read(vm.read_byte()))
 
 
 @_op(b"\x8e")
@@ -761,7 +849,7 @@ def _readonly_buffer(vm: PickleMachine, offset: int) -> None:
 
 @_op(b")")
 def _empty_tuple(vm: PickleMachine, offset: int) -> None:
-    vm.push(())
+    vm.stack.append(())
 
 
 def _holds_wrapper(vm: PickleMachine, value: Any) -> bool:
@@ -779,7 +867,7 @@ def _mark_holder(vm: PickleMachine, container: Any, items: Any) -> Any:
 
 
 def _push_tuple(vm: PickleMachine, items: Any) -> None:
-    vm.push(_mark_holder(vm, tuple(items), items))
+    vm.stack.append(_mark_holder(vm, tuple(items), items))
 
 
 @_op(b"t")
@@ -809,7 +897,7 @@ def _tuple3(vm: PickleMachine, offset: int) -> None:
 
 @_op(b"]")
 def _empty_list(vm: PickleMachine, offset: int) -> None:
-    vm.push(SList())
+    vm.stack.append(SList())
 
 
 @_op(b"l")
@@ -820,29 +908,32 @@ def _list(vm: PickleMachine, offset: int) -> None:
 
 @_op(b"}")
 def _empty_dict(vm: PickleMachine, offset: int) -> None:
-    vm.push(SDict())
+    vm.stack.append(SDict())
 
 
 def _plain_key(key: Any) -> bool:
     """A key hashed and compared in constant time: hashing a tuple of shared tuples
     costs 2**depth, a long string or integer its length at every use."""
-    if key is None or type(key) in (bool, float):
+    kind = type(key)
+    if kind is str or kind is bytes:  # the usual keys first
+        return len(key) <= MAX_KEY
+    if key is None or kind is bool or kind is float:
         return True
-    if type(key) is int:
-        return -_KEY_INT <= key <= _KEY_INT
-    return type(key) in (str, bytes) and len(key) <= MAX_KEY
+    return kind is int and -_KEY_INT <= key <= _KEY_INT
 
 
 _KEY_INT = 1 << 64
 
 
 def _set_items(vm: PickleMachine, target: SDict, items: list[Any]) -> None:
-    for i in range(0, len(items) - 1, 2):
-        key = items[i]
-        if _plain_key(key):
-            target.items[key] = items[i + 1]
+    kept = target.items
+    # An odd last item is left out (the caller has refused it, or SETITEM passes two).
+    for key, value in zip(items[::2], items[1::2], strict=False):
+        # A short str key is the usual one: taken without calling _plain_key.
+        if (type(key) is str and len(key) <= MAX_KEY) or _plain_key(key):
+            kept[key] = value
         else:
-            target.other.append((key, items[i + 1]))
+            target.other.append((key, value))
     _mark_holder(vm, target, items)
 
 
@@ -1017,9 +1108,10 @@ def _additems(vm: PickleMachine, offset: int) -> None:
 
 
 def _memo_get(vm: PickleMachine, key: int, offset: int) -> None:
-    if key not in vm.memo:
-        raise vm._fail("malformed", f"memo key {key} was never stored", offset, FAILS)
-    vm.push(vm.memo[key])
+    try:
+        vm.stack.append(vm.memo[key])
+    except KeyError:
+        raise vm._fail("malformed", f"memo key {key} was never stored", offset, FAILS) from None
 
 
 def _memo_put(vm: PickleMachine, key: int, offset: int) -> None:
@@ -1044,7 +1136,19 @@ def _get(vm: PickleMachine, offset: int) -> None:
 
 @_op(b"h")
 def _binget(vm: PickleMachine, offset: int) -> None:
-    _memo_get(vm, vm.read(1)[0], offset)
+    # The commonest opcode of all: read_byte and _memo_get inlined.
+    source = vm.source
+    pos = source.pos
+    if pos < source.stop:
+        source.pos = pos + 1
+        key = source.buf[pos]
+    else:
+        key = vm.read(1)[0]
+    memo = vm.memo
+    if key in memo:
+        vm.stack.append(memo[key])
+    else:
+        _memo_get(vm, key, offset)
 
 
 @_op(b"j")
@@ -1059,7 +1163,7 @@ def _put(vm: PickleMachine, offset: int) -> None:
 
 @_op(b"q")
 def _binput(vm: PickleMachine, offset: int) -> None:
-    _memo_put(vm, vm.read(1)[0], offset)
+    _memo_put(vm, vm.read_byte(), offset)
 
 
 @_op(b"r")
@@ -1069,7 +1173,8 @@ def _long_binput(vm: PickleMachine, offset: int) -> None:
 
 @_op(b"\x94")
 def _memoize(vm: PickleMachine, offset: int) -> None:
-    vm.memo[len(vm.memo)] = vm.top()
+    memo = vm.memo
+    memo[len(memo)] = vm.stack[-1] if vm.stack else vm.top()
 
 
 # ---- globals and calls

@@ -237,7 +237,7 @@ class _Scan:
         name what a reader that loads until the end of the file would import."""
         here = source.tell()
         try:
-            extra = source.read(1)
+            extra = source.peek(1)
         except StreamError as exc:
             self.add("bad-compression", str(exc), here)
             return
@@ -248,17 +248,15 @@ class _Scan:
             "data follows the pickle's STOP: not a file the scanner can vouch for",
             here,
         )
-        rest = _Pushback(source, extra)
         for _ in range(MAX_APPENDED):
-            vm = PickleMachine(rest, self.check_global, read_joblib_array if joblib else None)
+            vm = PickleMachine(source, self.check_global, read_joblib_array if joblib else None)
             try:
                 vm.run()
-                more = rest.read(1)
+                more = source.peek(1)
             except (PickleError, StreamError):
                 return  # the trailing-data finding stands for what cannot be read
             if not more:
                 return
-            rest = _Pushback(rest, more)
 
     def _plain_pass(self, source: FileSource, begin: int, first_array: int) -> None:
         """Read the file again as plain pickle.load does (the C and the pure-Python
@@ -492,32 +490,3 @@ def _scan_npy(scan: _Scan, source: Source, size: int) -> None:
         # numpy.load(allow_pickle=True) unpickles the rest of the file with
         # pickle.load: joblib array data means nothing there.
         scan.pickle_stream(source, sniff=False, joblib=False)
-
-
-class _Pushback:
-    """A source with bytes already read put back in front of it."""
-
-    def __init__(self, source: Source, pending: bytes) -> None:
-        self.source = source
-        self.pending = pending
-
-    def read(self, n: int) -> bytes:
-        head, self.pending = self.pending[:n], self.pending[n:]
-        return head + self.source.read(n - len(head)) if n > len(head) else head
-
-    def readline(self, limit: int) -> bytes:
-        head = self.pending[:limit]
-        end = head.find(b"\n")
-        if end >= 0:
-            self.pending = self.pending[end + 1 :]
-            return head[: end + 1]
-        self.pending = self.pending[len(head) :]
-        return head + self.source.readline(limit - len(head)) if limit > len(head) else head
-
-    def skip(self, n: int) -> int:
-        taken = min(n, len(self.pending))
-        self.pending = self.pending[taken:]
-        return taken + (self.source.skip(n - taken) if n > taken else 0)
-
-    def tell(self) -> int:
-        return self.source.tell() - len(self.pending)

@@ -1,14 +1,21 @@
-"""Byte streams the scanner reads: a file, or a file decompressed on the fly.
+"""Byte streams the scanner reads: a file, a file decompressed on the fly (and, in
+`archives`, an archive member).
 
-Both give the same interface (`read`, `readline`, `skip`, `tell`), never hold
-more than about a block in memory, and stop a decompression bomb: output
-beyond a bound is refused, not expanded.
+Each is read through a window in memory (`Source.buf`, at most about a block
+past the read position: never the whole stream), which the symbolic pickle
+machine reads directly: `buf[pos]` is the next byte, at stream offset
+`base + pos`. Below `stop` a read needs no check at all, so an opcode costs a
+slice and an integer addition; at `stop` (the window's end, or the `fence` the
+running machine sets where its frame ends) the machine takes its slow path,
+which does every check and refills the window. A decompressed stream is also
+bounded: output beyond a bound is refused as a bomb, not expanded.
 """
 
 from __future__ import annotations
 
 import bz2
 import lzma
+import os
 import zlib
 from typing import Protocol
 
@@ -17,55 +24,161 @@ BLOCK = 1 << 20
 # compress 2-20x; zero-filled arrays more), plus a floor for tiny files.
 MAX_RATIO = 200
 MIN_BOUND = 256 << 20
+NO_FENCE = 1 << 64  # beyond any stream offset
 
 
 class StreamError(Exception):
     """The stream cannot be read to the end as its format says (bomb, corrupt data)."""
 
 
-class Source(Protocol):
+class Source:
+    """A byte stream read through a window (`buf`) that refills from `_more`.
+
+    Invariant: `stop == min(len(buf), fence - base)`; every change of `buf`,
+    `base` or `fence` keeps it (a change of `pos` alone does not touch it)."""
+
+    __slots__ = ("base", "buf", "fence", "pos", "stop")
+
+    def __init__(self, start: int = 0) -> None:
+        self.buf = b""
+        self.pos = 0  # into buf
+        self.base = start  # stream offset of buf[0]
+        self.fence = NO_FENCE  # stream offset the running machine must be told about
+        self.stop = 0
+
+    # ---- what a kind of stream provides
+
+    def _more(self) -> bytes:
+        """The next chunk of the stream after the window, b"" at its end."""
+        raise NotImplementedError
+
+    def _skip_beyond(self, n: int) -> int:
+        """Pass over n bytes after the (empty) window; how many were there."""
+        done = 0
+        while done < n:
+            chunk = self._more()
+            if not chunk:
+                break
+            take = min(n - done, len(chunk))
+            done += take
+            if take < len(chunk):  # the rest of the chunk is the new window
+                self.buf, self.pos = chunk, take
+                return done
+            self.base += take
+        return done
+
+    def _reposition(self, offset: int) -> None:
+        raise StreamError("this stream cannot go back to an offset it has left")
+
+    # ---- reading
+
+    def _restop(self) -> None:
+        self.stop = min(len(self.buf), self.fence - self.base)
+
+    def set_fence(self, fence: int) -> None:
+        self.fence = fence
+        self.stop = min(len(self.buf), fence - self.base)
+
+    def fill(self, n: int) -> int:
+        """Make n bytes available from pos where the stream has them; how many are."""
+        avail = len(self.buf) - self.pos
+        if avail >= n:
+            return avail
+        parts = [self.buf[self.pos :]]
+        while avail < n:
+            chunk = self._more()
+            if not chunk:
+                break
+            parts.append(chunk)
+            avail += len(chunk)
+        self.base += self.pos
+        self.buf = b"".join(parts)
+        self.pos = 0
+        self._restop()
+        return avail
+
     def read(self, n: int) -> bytes:
         """Up to n bytes; fewer only at the end of the stream."""
-        ...
+        if self.pos + n > len(self.buf):
+            self.fill(n)
+        pos = self.pos
+        data = self.buf[pos : pos + n]
+        self.pos = pos + len(data)
+        return data
+
+    def peek(self, n: int) -> bytes:
+        """The next n bytes (fewer at the end), left unread."""
+        self.fill(n)
+        return self.buf[self.pos : self.pos + n]
 
     def readline(self, limit: int) -> bytes:
         """Bytes up to and including b"\\n", at most `limit`; no newline means end or limit."""
-        ...
+        searched = self.pos
+        while True:
+            pos = self.pos
+            end = self.buf.find(b"\n", searched, pos + limit)
+            if end >= 0:
+                self.pos = end + 1
+                return self.buf[pos : end + 1]
+            avail = len(self.buf) - pos
+            if avail >= limit or self.fill(avail + 1) <= avail:
+                return self.read(min(avail, limit))
+            searched = self.pos + avail  # the window was refilled: pos is 0 now
 
     def skip(self, n: int) -> int:
         """Advance n bytes without keeping them; returns how many were there."""
-        ...
-
-    def tell(self) -> int: ...
-
-
-class FileSource:
-    """A regular file read through a large buffer; skips are seeks."""
-
-    def __init__(self, fd: int, size: int, start: int = 0) -> None:
-        # The caller owns fd; this buffered view is dropped with the source.
-        self._file = open(fd, "rb", buffering=BLOCK, closefd=False)  # noqa: SIM115
-        self._file.seek(start)
-        self._size = size
-
-    def read(self, n: int) -> bytes:
-        return self._file.read(n)
-
-    def readline(self, limit: int) -> bytes:
-        return self._file.readline(limit)
-
-    def skip(self, n: int) -> int:
-        here = self._file.tell()
-        n = max(0, min(n, self._size - here))
-        self._file.seek(here + n)
-        return n
+        if n <= 0:
+            return 0
+        avail = len(self.buf) - self.pos
+        if n <= avail:
+            self.pos += n
+            return n
+        self.base += len(self.buf)
+        self.buf = b""
+        self.pos = 0
+        skipped = avail + self._skip_beyond(n - avail)
+        self._restop()
+        return skipped
 
     def tell(self) -> int:
-        return self._file.tell()
+        return self.base + self.pos
 
     def seek(self, offset: int) -> None:
-        """Back to an offset read before (a look-ahead returns here)."""
-        self._file.seek(offset)
+        """Back to an offset read before (a look-ahead returns there)."""
+        if self.base <= offset <= self.base + len(self.buf):
+            self.pos = offset - self.base
+        else:
+            self._reposition(offset)
+
+
+class FileSource(Source):
+    """A regular file, read in blocks with pread (the fd's own offset is left alone);
+    skips past the window are jumps, not reads."""
+
+    __slots__ = ("_fd", "_next", "_size")
+
+    def __init__(self, fd: int, size: int, start: int = 0) -> None:
+        super().__init__(start)
+        self._fd = fd  # the caller owns it
+        self._size = size
+        self._next = start  # file offset of the next block
+
+    def _more(self) -> bytes:
+        data = os.pread(self._fd, BLOCK, self._next)
+        self._next += len(data)
+        return data
+
+    def _skip_beyond(self, n: int) -> int:
+        n = max(0, min(n, self._size - self.base))
+        self.base += n
+        self._next = self.base
+        return n
+
+    def _reposition(self, offset: int) -> None:
+        self.buf = b""
+        self.pos = 0
+        self.base = self._next = offset
+        self._restop()
 
 
 class _Decompressor(Protocol):
@@ -125,11 +238,14 @@ def decompressor_factory(method: str) -> type[_Decompressor] | None:
     raise ValueError(method)
 
 
-class DecompressingSource:
-    """The decompressed content of a file, streamed; concatenated streams are
-    read one after another, as joblib (and gzip, bz2, xz readers) do."""
+class DecompressingSource(Source):
+    """The decompressed content of a file, streamed a block at a time; concatenated
+    streams are read one after another, as joblib (and gzip, bz2, xz readers) do."""
+
+    __slots__ = ("_decompressor", "_factory", "_limit", "_method", "_produced", "_raw")
 
     def __init__(self, fd: int, size: int, method: str, start: int = 0) -> None:
+        super().__init__()
         factory = decompressor_factory(method)
         if factory is None:
             raise StreamError(f"{method} decompression is not available (pip install lz4)")
@@ -139,19 +255,16 @@ class DecompressingSource:
         self._raw = open(fd, "rb", buffering=0, closefd=False)  # noqa: SIM115
         self._raw.seek(start)
         self._limit = max(MIN_BOUND, size * MAX_RATIO)
-        self._buffer = b""
-        self._pos = 0  # into _buffer
-        self._consumed = 0  # decompressed bytes before _buffer
         self._produced = 0
 
-    def _fill(self) -> bool:
-        """Decompress one more block into the buffer; False at the end of input."""
+    def _more(self) -> bytes:
+        """Decompress one more block (at most BLOCK bytes); b"" at the end of input."""
         while True:
             d = self._decompressor
             if d.eof:
                 data = d.unused_data or self._raw.read(BLOCK)
                 if not data:
-                    return False
+                    return b""
                 self._decompressor = d = self._factory()
             elif d.needs_input:
                 data = self._raw.read(BLOCK)
@@ -170,42 +283,4 @@ class DecompressingSource:
                         f"decompresses to more than {self._limit} bytes "
                         f"({MAX_RATIO}x the file): refused as a decompression bomb"
                     )
-                self._consumed += self._pos
-                self._buffer = self._buffer[self._pos :] + out
-                self._pos = 0
-                return True
-
-    def _available(self) -> int:
-        return len(self._buffer) - self._pos
-
-    def read(self, n: int) -> bytes:
-        while self._available() < n and self._fill():
-            pass
-        chunk = self._buffer[self._pos : self._pos + n]
-        self._pos += len(chunk)
-        return chunk
-
-    def readline(self, limit: int) -> bytes:
-        while True:
-            end = self._buffer.find(b"\n", self._pos, self._pos + limit)
-            if end >= 0:
-                return self.read(end + 1 - self._pos)
-            if self._available() >= limit or not self._fill():
-                return self.read(min(limit, self._available()))
-
-    def skip(self, n: int) -> int:
-        skipped = 0
-        while skipped < n:
-            if not self._available() and not self._fill():
-                break
-            take = min(n - skipped, self._available())
-            self._pos += take
-            skipped += take
-            if self._pos == len(self._buffer):
-                self._consumed += self._pos
-                self._buffer = b""
-                self._pos = 0
-        return skipped
-
-    def tell(self) -> int:
-        return self._consumed + self._pos
+                return out
