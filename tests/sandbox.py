@@ -126,7 +126,20 @@ class CUnpickler(pickle.Unpickler):
         # The C unpickler keeps its protocol private: either name may be the one it
         # imports (the Python 3 one for a benign file, whose Python 2 names come with
         # protocols 0-2 only).
-        gate([(module, name), python3(module, name)])
+        mapped = python3(module, name)
+        allowed = STATE["allowed"]
+        if (
+            allowed is not None
+            and mapped != (module, name)
+            and mapped not in allowed
+            and not importable(module)
+        ):
+            # As written the name cannot be imported (protocol 3+: "__builtin__"), so
+            # it resolves only if mapped (protocols 0-2), and the scan, which follows
+            # the protocol, would then have reported the mapped name. The pure-Python
+            # unpickler reading the same file checks the protocol exactly.
+            raise ModuleNotFoundError("no module named %r" % module)
+        gate([(module, name), mapped])
         return super().find_class(module, name)
 
 def c_load(file, **kwargs):
