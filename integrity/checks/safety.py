@@ -19,7 +19,7 @@ import os
 from typing import ClassVar
 
 from integrity.checks import CheckContext, CheckOutcome, root_folder
-from integrity.files import PathProblem, list_directory, open_regular
+from integrity.files import Folders, PathProblem, list_directory, open_regular
 from integrity.manifest import Manifest
 from integrity.report import Finding
 from integrity.safety.allowlist import AllowList
@@ -113,12 +113,13 @@ class SafetyCheck:
         findings: list[Finding] = []
         scanned: list[ScanResult] = []
         unscanned = 0
-        with root_folder(context) as root_fd:
+        # Each folder opened once for all its files, as digests does.
+        with root_folder(context) as root_fd, Folders(root_fd) as folders:
             paths, findings = files_to_scan(manifest, root_fd)
             unscanned = len(findings)
             for path in paths:
                 try:
-                    fd, _ = open_regular(root_fd, path)
+                    fd, _ = open_regular(root_fd, path, folders)
                 except PathProblem as problem:
                     # Never read through a symlink or a special file; but say so.
                     unscanned += 1

@@ -385,24 +385,21 @@ ALLOWED_GLOBALS: dict[tuple[str, str], str] = {
 # Not allowed as spelled: `import _loss` finds whatever `_loss` is first on sys.path unless
 # scikit-learn already registered its module under that name. A loader may accept one of these
 # only if its find_class rewrites the module to the pair given here before importing anything.
+# scikit-learn's Cython loss classes (sklearn._loss._loss), each pickled with its
+# __pyx_unpickle_ helper.
+CY_LOSSES = (
+    "CyAbsoluteError",
+    "CyHalfBinomialLoss",
+    "CyHalfMultinomialLoss",
+    "CyHalfPoissonLoss",
+    "CyHalfSquaredError",
+    "CyHuberLoss",
+    "CyPinballLoss",
+)
 MISNAMED_GLOBALS: dict[tuple[str, str], tuple[str, str]] = {
     ("_loss", name): ("sklearn._loss._loss", name)
-    for name in (
-        "CyAbsoluteError",
-        "CyHalfBinomialLoss",
-        "CyHalfMultinomialLoss",
-        "CyHalfPoissonLoss",
-        "CyHalfSquaredError",
-        "CyHuberLoss",
-        "CyPinballLoss",
-        "__pyx_unpickle_CyAbsoluteError",
-        "__pyx_unpickle_CyHalfBinomialLoss",
-        "__pyx_unpickle_CyHalfMultinomialLoss",
-        "__pyx_unpickle_CyHalfPoissonLoss",
-        "__pyx_unpickle_CyHalfSquaredError",
-        "__pyx_unpickle_CyHuberLoss",
-        "__pyx_unpickle_CyPinballLoss",
-    )
+    for loss in CY_LOSSES
+    for name in (loss, f"__pyx_unpickle_{loss}")
 }
 
 # --- dangerous callables, in plain words -----------------------------------------------------

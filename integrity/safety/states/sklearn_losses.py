@@ -13,21 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from integrity.safety.allowlist_data import CY_LOSSES
 from integrity.safety.states import UnsafeState, on_build, on_call
 from integrity.safety.states.library_arrays import keep, no_keywords, plain_int, plain_number
 from integrity.safety.states.stdlib_reconstructor import build_as_made_class
 from integrity.safety.symbols import Global, Obj
 
 _LOSS = "sklearn._loss._loss"
-CY_LOSSES = [
-    "CyAbsoluteError",
-    "CyHalfBinomialLoss",
-    "CyHalfMultinomialLoss",
-    "CyHalfPoissonLoss",
-    "CyHalfSquaredError",
-    "CyHuberLoss",
-    "CyPinballLoss",
-]
 SGD_LOSSES = ["Hinge", "Log", "ModifiedHuber"]
 
 
