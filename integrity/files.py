@@ -24,6 +24,8 @@ _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 # A folder beneath another, opened without following a symlink.
 _DIR_FLAGS = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC
+# A recorded file: never through a symlink, and a FIFO swapped in cannot block.
+_FILE_FLAGS = os.O_RDONLY | _O_NOFOLLOW | os.O_NONBLOCK | _O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,8 @@ class Folders:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._caches: list[OrderedDict[str, int]] = []
+        # Per folder, the names its listing types as regular files (see `listed_regular`).
+        self._regular: dict[str, frozenset[str]] = {}
 
     def _cache(self) -> OrderedDict[str, int]:
         cache: OrderedDict[str, int] | None = getattr(self._local, "cache", None)
@@ -170,26 +174,26 @@ class Folders:
                 self._caches.append(cache)
         return cache
 
-    def parent(self, parts: list[str]) -> int:
-        """A borrowed descriptor (never closed by the caller) of the folder holding
-        `parts[-1]`. Raises PathProblem naming the folder at fault."""
-        if len(parts) == 1:
+    def _parent(self, folder: str) -> int:
+        """A borrowed descriptor (never closed by the caller) of manifest folder
+        `folder` ("" for the root). Raises PathProblem naming the folder at fault."""
+        if not folder:
             return self._root_fd
         cache = self._cache()
-        folder = "/".join(parts[:-1])
         fd = cache.get(folder)
         if fd is not None:
             cache.move_to_end(folder)
             return fd
+        parts = folder.split("/")
         # Start from the deepest folder on the way that is already open.
         start, fd = 0, self._root_fd
-        for above in range(len(parts) - 2, 0, -1):
+        for above in range(len(parts) - 1, 0, -1):
             known = cache.get("/".join(parts[:above]))
             if known is not None:
                 start, fd = above, known
                 break
         opened: set[str] = set()
-        for depth in range(start + 1, len(parts)):
+        for depth in range(start + 1, len(parts) + 1):
             where = "/".join(parts[:depth])
             fd = _open_folder(fd, parts[depth - 1], where)
             cache[where] = fd
@@ -201,6 +205,47 @@ class Folders:
                 break
             os.close(cache.pop(oldest))
         return fd
+
+    def open_file(self, path: str) -> tuple[int, os.stat_result]:
+        """`open_regular(root, path)`, the folders leading to it taken from here.
+
+        A name its folder's listing types as a regular file (d_type) is opened
+        without an lstat first: that lstat only keeps devices and FIFOs from being
+        opened, and the listing already says what the name is. What is opened is
+        checked with fstat either way; anything else takes the lstat path, which
+        says what the name is now.
+        """
+        folder, _, name = path.rpartition("/")
+        parent = self._parent(folder)
+        if name in self._listed_regular(folder, parent):
+            try:
+                fd = os.open(name, _FILE_FLAGS, dir_fd=parent)
+            except OSError:
+                pass
+            else:
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode):
+                    return fd, st
+                os.close(fd)
+        return _open_beneath(parent, name, path)
+
+    def _listed_regular(self, folder: str, fd: int) -> frozenset[str]:
+        """Names the listing of `folder`, open as `fd`, types as regular files."""
+        names = self._regular.get(folder)
+        if names is not None:
+            return names
+        # Under the lock: the root's descriptor is shared by every thread, and
+        # scandir reads through its offset (rewinding it when done).
+        with self._lock:
+            names = self._regular.get(folder)
+            if names is None:
+                try:
+                    with os.scandir(fd) as listing:
+                        names = frozenset(e.name for e in listing if _typed_regular(e))
+                except OSError:
+                    names = frozenset()
+                self._regular[folder] = names
+            return names
 
     def close(self) -> None:
         with self._lock:
@@ -225,14 +270,22 @@ def open_regular(
     taken from there rather than walked again. Returns the descriptor (caller
     closes) and its fstat. Raises PathProblem.
     """
-    parts = path.split("/")
     if folders is not None:
-        return _open_beneath(folders.parent(parts), parts[-1], path)
+        return folders.open_file(path)
+    parts = path.split("/")
     parent = _open_parent(root_fd, parts)
     try:
         return _open_beneath(parent, parts[-1], path)
     finally:
         os.close(parent)
+
+
+def _typed_regular(entry: os.DirEntry[str]) -> bool:
+    # Free where the listing has the type; an lstat of its own where it has not.
+    try:
+        return entry.is_file(follow_symlinks=False)
+    except OSError:
+        return False
 
 
 def _open_beneath(parent: int, name: str, path: str) -> tuple[int, os.stat_result]:
@@ -248,7 +301,7 @@ def _open_beneath(parent: int, name: str, path: str) -> tuple[int, os.stat_resul
     if not stat.S_ISREG(st.st_mode):
         raise PathProblem("special", path, f"was replaced by {describe_mode(st.st_mode)}")
     try:
-        fd = os.open(name, os.O_RDONLY | _O_NOFOLLOW | os.O_NONBLOCK | _O_CLOEXEC, dir_fd=parent)
+        fd = os.open(name, _FILE_FLAGS, dir_fd=parent)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise PathProblem("symlink", path, "was replaced by a symlink") from None

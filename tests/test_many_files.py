@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import threading
 import tracemalloc
@@ -24,7 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from integrity.files import Folders, PathProblem, open_regular, open_root
-from integrity.hashing import parallel_map, sha256_fd
+from integrity.hashing import FORK_AT_LEAST, ForkedDigests, parallel_map, sha256_fd
 from integrity.manifest import (
     AllowedGlobal,
     Artifact,
@@ -256,6 +257,103 @@ def test_sha256_of_a_small_file_reads_to_its_end(
         os.close(fd)
     assert (digest, count) == (hashlib.sha256(content).hexdigest(), len(content))
     assert len(calls) == reads
+
+
+# ------------------------------------------------------------------ ForkedDigests
+
+
+def _many_small(root: Path, count: int) -> list[str]:
+    paths = []
+    for i in range(count):
+        path = f"d{i // 200:03}/f{i:05}"
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(f"file {i}".encode())
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the helper process is Linux-only")
+def test_forked_helper_hashes_its_share_as_hashlib_does(tmp_path: Path) -> None:
+    paths = _many_small(tmp_path, FORK_AT_LEAST)
+    root_fd = open_root(tmp_path)
+    try:
+        ahead = ForkedDigests.start(root_fd, paths)
+        assert ahead is not None
+        with ahead:
+            got = {p: ahead.take(p) for p in paths}
+    finally:
+        os.close(root_fd)
+    share = paths[len(paths) // 2 :]
+    assert all(got[p] is None for p in paths[: len(paths) // 2])  # the caller's half
+    for p in share:
+        data = (tmp_path / p).read_bytes()
+        assert got[p] == (hashlib.sha256(data).hexdigest(), len(data), len(data))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the helper process is Linux-only")
+def test_forked_helper_leaves_what_it_cannot_open_to_the_caller(tmp_path: Path) -> None:
+    paths = _many_small(tmp_path, FORK_AT_LEAST)
+    symlinked, missing, fifo = paths[-1], paths[-2], paths[-3]
+    (tmp_path / symlinked).unlink()
+    (tmp_path / symlinked).symlink_to(tmp_path / paths[0])
+    (tmp_path / missing).unlink()
+    (tmp_path / fifo).unlink()
+    os.mkfifo(tmp_path / fifo)
+    root_fd = open_root(tmp_path)
+    try:
+        ahead = ForkedDigests.start(root_fd, paths)
+        assert ahead is not None
+        with ahead:
+            assert [ahead.take(p) for p in (symlinked, missing, fifo)] == [None] * 3
+            assert ahead.take(paths[-4]) is not None
+    finally:
+        os.close(root_fd)
+
+
+def test_forked_helper_not_started_for_few_files_or_beside_threads(tmp_path: Path) -> None:
+    paths = _many_small(tmp_path, FORK_AT_LEAST)
+    root_fd = open_root(tmp_path)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    try:
+        assert ForkedDigests.start(root_fd, paths[:-1]) is None
+        other.start()  # a fork copies only the calling thread: never beside another
+        assert ForkedDigests.start(root_fd, paths) is None
+    finally:
+        stop.set()
+        other.join()
+        os.close(root_fd)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the helper process is Linux-only")
+def test_verify_reports_changes_in_the_helpers_share(tmp_path: Path) -> None:
+    """End to end: files the helper hashed still give each finding by name."""
+    _many_small(tmp_path / "model", FORK_AT_LEAST + 100)
+    cli = [sys.executable, "-m", "integrity"]
+    manifest = str(tmp_path / "model-integrity.json")
+    subprocess.run(
+        [*cli, "init", "--model", "model", "--manifest", manifest], cwd=tmp_path, check=True
+    )
+    last = sorted((tmp_path / "model").rglob("f*"))[-3:]
+    last[0].write_bytes(b"changed")  # size and content
+    last[1].write_bytes(last[1].read_bytes().replace(b"file", b"elif"))  # content only
+    last[2].unlink()
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [*cli, "verify", "--only", "digests", "--manifest", manifest, "--json", str(report)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1, done.stderr
+    checks = json.loads(report.read_text())["checks"]
+    findings = {(f["path"], f["code"]) for c in checks for f in c["findings"]}
+    rel = [str(p.relative_to(tmp_path)) for p in last]
+    assert findings == {
+        (rel[0], "size-mismatch"),
+        (rel[1], "digest-mismatch"),
+        (rel[2], "missing"),
+    }
 
 
 # ------------------------------------------------------------------ manifest fast paths

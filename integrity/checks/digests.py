@@ -26,7 +26,7 @@ from integrity.files import (
     open_regular,
     walk_directory,
 )
-from integrity.hashing import INLINE_BELOW, parallel_map, sha256_fd
+from integrity.hashing import INLINE_BELOW, ForkedDigests, parallel_map, sha256_fd
 from integrity.manifest import FileDigest, Manifest
 from integrity.paths import collision_key, is_within
 from integrity.progress import Progress, human_size
@@ -55,6 +55,22 @@ class DigestsCheck:
             return self._run(manifest, context, root_fd)
 
     def _run(self, manifest: Manifest, context: CheckContext, root_fd: int) -> CheckOutcome:
+        # Started first, so a helper hashes while this process lists the folders.
+        small = [f.path for f in manifest.files if _small(f)]
+        ahead = ForkedDigests.start(root_fd, small)
+        try:
+            return self._compare_all(manifest, context, root_fd, ahead)
+        finally:
+            if ahead is not None:
+                ahead.close()
+
+    def _compare_all(
+        self,
+        manifest: Manifest,
+        context: CheckContext,
+        root_fd: int,
+        ahead: ForkedDigests | None,
+    ) -> CheckOutcome:
         findings: list[Finding] = []
         recorded = {f.path for f in manifest.files}
         broken_dirs: list[str] = []
@@ -95,6 +111,9 @@ class DigestsCheck:
         ):
 
             def verify(entry: FileDigest) -> Finding | None:
+                hashed = ahead.take(entry.path) if ahead is not None else None
+                if hashed is not None:
+                    return _compare_hashed(entry, hashed, progress.advance, names)
                 return _verify_file(root_fd, entry, progress.advance, names, folders)
 
             # Results come in input order: pair each with its entry as it arrives.
@@ -158,53 +177,88 @@ def _verify_file(
     except PathProblem as problem:
         return _problem_finding(problem, names, path)
     try:
-        directory, _, name = path.rpartition("/")
-        listing = names.names(directory)
-        if listing is not None and name not in listing:
-            other = names.lookalike(path)
-            return Finding(
-                level="error",
-                code="renamed",
-                message=f"{path}: recorded name not found; the file on disk is named "
-                f"{other or 'differently'} (differs only in case or Unicode normalisation)",
-                path=path,
-            )
-        if st.st_size != entry.size:
-            return Finding(
-                level="error",
-                code="size-mismatch",
-                message=f"{path}: size changed: expected {entry.size} bytes, "
-                f"found {st.st_size} bytes (content differs)",
-                path=path,
-                expected=str(entry.size),
-                actual=str(st.st_size),
-            )
+        found = _renamed(path, names) or _size_changed(entry, st.st_size)
+        if found is not None:
+            return found
         try:
             actual, count = sha256_fd(fd, advance, st.st_size)
         except OSError as exc:
             return _unreadable(path, f"read failed: {exc.strerror}")
-        if count != entry.size:
-            return Finding(
-                level="error",
-                code="size-mismatch",
-                message=f"{path}: size changed while reading: expected {entry.size} bytes, "
-                f"read {count} bytes",
-                path=path,
-                expected=str(entry.size),
-                actual=str(count),
-            )
-        if actual != entry.sha256:
-            return Finding(
-                level="error",
-                code="digest-mismatch",
-                message=f"{path}: content changed: expected sha256 {entry.sha256}, found {actual}",
-                path=path,
-                expected=entry.sha256,
-                actual=actual,
-            )
-        return None
     finally:
         os.close(fd)
+    return _content_changed(entry, actual, count)
+
+
+def _compare_hashed(
+    entry: FileDigest,
+    hashed: tuple[str, int, int],
+    advance: Callable[[int], None],
+    names: _NameIndex,
+) -> Finding | None:
+    """`_verify_file` for a file a helper process opened and hashed: (hex digest,
+    bytes read, size when opened)."""
+    actual, count, size = hashed
+    advance(count)
+    return (
+        _renamed(entry.path, names)
+        or _size_changed(entry, size)
+        or _content_changed(entry, actual, count)
+    )
+
+
+def _renamed(path: str, names: _NameIndex) -> Finding | None:
+    """On a case- or normalisation-insensitive filesystem, a recorded name opens a
+    file whose name on disk differs: the folder's exact listing tells."""
+    directory, _, name = path.rpartition("/")
+    listing = names.names(directory)
+    if listing is None or name in listing:
+        return None
+    other = names.lookalike(path)
+    return Finding(
+        level="error",
+        code="renamed",
+        message=f"{path}: recorded name not found; the file on disk is named "
+        f"{other or 'differently'} (differs only in case or Unicode normalisation)",
+        path=path,
+    )
+
+
+def _size_changed(entry: FileDigest, size: int) -> Finding | None:
+    if size == entry.size:
+        return None
+    return Finding(
+        level="error",
+        code="size-mismatch",
+        message=f"{entry.path}: size changed: expected {entry.size} bytes, "
+        f"found {size} bytes (content differs)",
+        path=entry.path,
+        expected=str(entry.size),
+        actual=str(size),
+    )
+
+
+def _content_changed(entry: FileDigest, actual: str, count: int) -> Finding | None:
+    path = entry.path
+    if count != entry.size:
+        return Finding(
+            level="error",
+            code="size-mismatch",
+            message=f"{path}: size changed while reading: expected {entry.size} bytes, "
+            f"read {count} bytes",
+            path=path,
+            expected=str(entry.size),
+            actual=str(count),
+        )
+    if actual != entry.sha256:
+        return Finding(
+            level="error",
+            code="digest-mismatch",
+            message=f"{path}: content changed: expected sha256 {entry.sha256}, found {actual}",
+            path=path,
+            expected=entry.sha256,
+            actual=actual,
+        )
+    return None
 
 
 def _problem_finding(problem: PathProblem, names: _NameIndex, path: str) -> Finding:
