@@ -199,7 +199,11 @@ class ForkedDigests:
             return None
         paths = small[len(small) // 2 :]
         memfd = os.memfd_create("model-integrity-digests", os.MFD_CLOEXEC)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # no process to spare (EAGAIN, ENOMEM): the caller hashes them all
+            os.close(memfd)
+            return None
         if pid == 0:  # the child: never returns
             status = 1
             try:
