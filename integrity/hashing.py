@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import mmap
 import os
 import signal
 import struct
@@ -158,19 +159,36 @@ def parallel_map(
 # (the time of a few hundred small files), so below this it does not pay.
 FORK_AT_LEAST = 2000
 
-# Per path: hashed?, raw digest, bytes read, fstat size.
+# The helper maps a large file this much at a time, so its resident memory stays
+# small whatever the file's size (mapped pages count in it). From 2 to 32 MiB the
+# CPU time was the same; 32 MiB windows made the peak RSS 82 MB, against 35 MB.
+MAP_WINDOW = 4 << 20
+
+# How often a caller waiting for the helper passes on the bytes it has hashed.
+_PROGRESS_EVERY = 0.2
+
+# The shared memory file: bytes hashed so far, then one record per path:
+# hashed?, raw digest, bytes read, fstat size.
+_COUNTER = struct.Struct("<q")
 _RECORD = struct.Struct("<?32sqq")
 
 
 class ForkedDigests:
-    """SHA-256 of a share of many small files, computed by a forked child process
-    while the caller hashes the rest, for when one core is the limit.
+    """SHA-256 of files computed ahead by a forked helper process: every large
+    file, and a share of many small ones, while the caller does the rest.
 
-    Threads cannot share this work: on files this small Python holds the GIL for
-    most of each file, and a second thread made 20,000 x 4 KiB files slower, where
-    a second process made them twice as fast (issue 6).
+    `verify` starts it as soon as the manifest's JSON is read, so the files are
+    hashed while pydantic is imported and the manifest validated. A process, not
+    threads, for two reasons measured in issue 6:
+    - on files this small Python holds the GIL for most of each file: a second
+      thread made 20,000 x 4 KiB files slower, a second process twice as fast;
+    - a large file is hashed from a memory map, which skips copying it into a
+      buffer (a fifth less CPU than reading it, and less than openssl's own
+      reads); but a mapped file that shrinks or fails to read kills its reader
+      with SIGBUS. Here that kills only the helper: the caller finds it did not
+      exit cleanly and hashes every file itself, by reading, and reports.
 
-    The child opens each path exactly as the caller would (`Folders`, beneath a
+    The helper opens each path exactly as the caller would (`Folders`, beneath a
     fresh descriptor of the same root: never through a symlink, regular files
     only, checked with fstat) and writes fixed-size records to an anonymous
     memory file. Whatever it could not open or read, and everything when it did
@@ -179,71 +197,105 @@ class ForkedDigests:
     copies only the calling one) and on Linux (memfd, and a fork without exec).
     """
 
-    def __init__(self, pid: int, memfd: int, paths: Sequence[str]) -> None:
+    def __init__(self, pid: int, memfd: int, shared: mmap.mmap, paths: Sequence[str]) -> None:
         self._pid = pid
         self._memfd = memfd
+        self._shared = shared
         self._index = {path: i for i, path in enumerate(paths)}
         self._results: list[tuple[str, int, int] | None] | None = None
+        self._collecting = threading.Lock()
 
     @classmethod
-    def start(cls, root_fd: int, small: Sequence[str]) -> ForkedDigests | None:
-        """Fork a child hashing the second half of `small` (paths of small files in
-        the order the caller will come to them), or None where that does not pay
-        or cannot be done safely."""
-        if (
-            len(small) < FORK_AT_LEAST
-            or sys.platform != "linux"
-            or default_workers() < 2
-            or threading.active_count() != 1
-        ):
+    def start(cls, root_fd: int, files: Iterable[tuple[str, int]]) -> ForkedDigests | None:
+        """Fork a helper for `files` (manifest path, recorded size, in the order
+        the caller will come to them) beneath the folder `root_fd` (borrowed), or
+        None where that does not pay or cannot be done safely."""
+        if sys.platform != "linux" or default_workers() < 2 or threading.active_count() != 1:
             return None
-        paths = small[len(small) // 2 :]
+        small: list[str] = []
+        large: list[str] = []
+        for path, size in files:
+            (small if size < INLINE_BELOW else large).append(path)
+        # The second half of the small files: the caller comes to it last.
+        share = small[len(small) // 2 :] if len(small) >= FORK_AT_LEAST else []
+        paths = list(dict.fromkeys(large + share))  # each once (validation refuses repeats)
+        if not paths:
+            return None
+        size = _COUNTER.size + _RECORD.size * len(paths)
         memfd = os.memfd_create("model-integrity-digests", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(memfd, size)
+            shared = mmap.mmap(memfd, size)
+        except BaseException:
+            os.close(memfd)
+            raise
         try:
             pid = os.fork()
         except OSError:  # no process to spare (EAGAIN, ENOMEM): the caller hashes them all
+            shared.close()
             os.close(memfd)
             return None
-        if pid == 0:  # the child: never returns
+        if pid == 0:  # the helper: never returns
             status = 1
             try:
-                _hash_into(root_fd, paths, memfd)
+                faults = sys.modules.get("faulthandler")
+                if faults is not None:  # a SIGBUS here is expected: say nothing of it
+                    faults.disable()
+                _hash_into(root_fd, paths, len(large), shared)
                 status = 0
             finally:
                 os._exit(status)  # no atexit handlers, no flush of the parent's buffers
-        return cls(pid, memfd, paths)
+        return cls(pid, memfd, shared, paths)
 
-    def take(self, path: str) -> tuple[str, int, int] | None:
-        """(hex digest, bytes read, fstat size) of `path` if the child hashed it;
-        waits for the child on the first call that needs it."""
+    def take(self, path: str, advance: Callable[[int], None]) -> tuple[str, int, int] | None:
+        """(hex digest, bytes read, fstat size) of `path` if the helper hashed it.
+
+        The first call that needs the helper waits for it to exit, passing the
+        bytes it hashed to `advance` meanwhile; calls from other threads wait
+        for that one.
+        """
         i = self._index.get(path)
         if i is None:
             return None
-        if self._results is None:
-            self._results = self._collect()
+        with self._collecting:
+            if self._results is None:
+                self._results = self._collect(advance)
         return self._results[i]
 
-    def _collect(self) -> list[tuple[str, int, int] | None]:
-        _, status = os.waitpid(self._pid, 0)
+    def _collect(self, advance: Callable[[int], None]) -> list[tuple[str, int, int] | None]:
+        reported = 0
+        with _ExitWatch(self._pid) as watch:
+            while not watch.exited(_PROGRESS_EVERY):
+                done = _COUNTER.unpack_from(self._shared, 0)[0]
+                if done > reported:
+                    advance(done - reported)
+                    reported = done
+        status = watch.status
         self._pid = 0
         results: list[tuple[str, int, int] | None] = [None] * len(self._index)
-        size = _RECORD.size * len(results)
-        if status != 0 or os.fstat(self._memfd).st_size != size:
-            return results  # all left to the caller
-        data = os.pread(self._memfd, size, 0)
-        for i, (hashed, digest, count, st_size) in enumerate(_RECORD.iter_unpack(data)):
-            if hashed:
+        if status != 0:
+            return results  # all left to the caller (and the bytes counted again: a rare case)
+        hashed = 0
+        for i in range(len(results)):
+            ok, digest, count, st_size = _RECORD.unpack_from(
+                self._shared, _COUNTER.size + i * _RECORD.size
+            )
+            if ok:
                 results[i] = (digest.hex(), count, st_size)
+                hashed += count
+        if hashed > reported:
+            advance(hashed - reported)
         return results
 
     def close(self) -> None:
-        """Stop the child if it still runs (the caller failed or was interrupted)."""
+        """Stop the helper if it still runs (the caller failed or was interrupted)."""
         if self._pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._pid, signal.SIGKILL)
             os.waitpid(self._pid, 0)
             self._pid = 0
         if self._memfd >= 0:
+            self._shared.close()
             os.close(self._memfd)
             self._memfd = -1
 
@@ -254,28 +306,106 @@ class ForkedDigests:
         self.close()
 
 
-def _hash_into(root_fd: int, paths: Sequence[str], memfd: int) -> None:
-    """In the child: one record per path into `memfd`."""
-    from integrity.files import Folders  # the child's only extra import
+class _ExitWatch:
+    """Waits for a child to exit, in slices (to report progress between them):
+    on a pidfd where the kernel has them, else in one blocking wait."""
 
-    # A fresh descriptor: the parent lists folders through its own meanwhile.
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._pidfd = -1
+        self.status: int | None = None
+
+    def __enter__(self) -> _ExitWatch:
+        with contextlib.suppress(OSError, AttributeError):  # Linux 5.3+
+            self._pidfd = os.pidfd_open(self._pid)
+        return self
+
+    def exited(self, timeout: float) -> bool:
+        if self._pidfd >= 0:
+            import select
+
+            readable, _, _ = select.select([self._pidfd], [], [], timeout)
+            if not readable:
+                return False
+        _, self.status = os.waitpid(self._pid, 0)
+        return True
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+
+
+def _hash_into(root_fd: int, paths: Sequence[str], large: int, shared: mmap.mmap) -> None:
+    """In the helper: a record per path into `shared`; the first `large` paths
+    are large files, hashed from memory maps on a thread each, the rest small
+    files hashed by reading on this thread meanwhile."""
+    from integrity.files import Folders  # the helper's only extra import
+
+    counted = threading.Lock()
+    done = [0]
+
+    def record(i: int, result: tuple[str, int, int] | None) -> None:
+        offset = _COUNTER.size + i * _RECORD.size
+        if result is None:
+            _RECORD.pack_into(shared, offset, False, b"", 0, 0)
+        else:
+            _RECORD.pack_into(shared, offset, True, bytes.fromhex(result[0]), *result[1:])
+
+    def advance(n: int) -> None:
+        with counted:
+            done[0] += n
+            _COUNTER.pack_into(shared, 0, done[0])
+
+    def hash_one(folders: Folders, path: str, mapped: bool) -> tuple[str, int, int] | None:
+        try:
+            fd, st = folders.open_file(path)
+        except Exception:  # PathProblem, OSError: the caller will say what it is
+            return None
+        try:
+            if mapped:
+                digest, count = _sha256_mapped(fd, st.st_size, advance), st.st_size
+            else:
+                digest, count = sha256_fd(fd, advance, st.st_size)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return digest, count, st.st_size
+
+    # A fresh descriptor: the caller lists folders through its own meanwhile.
     own_root = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root_fd)
-    records = bytearray()
     with Folders(own_root) as folders:
-        for path in paths:
-            try:
-                fd, st = folders.open_file(path)
-            except Exception:  # PathProblem, OSError: the caller will say what it is
-                records += _RECORD.pack(False, b"", 0, 0)
-                continue
-            try:
-                digest, count = sha256_fd(fd, None, st.st_size)
-            except OSError:
-                records += _RECORD.pack(False, b"", 0, 0)
-                continue
-            finally:
-                os.close(fd)
-            records += _RECORD.pack(True, bytes.fromhex(digest), count, st.st_size)
+        todo = deque(range(large))
+
+        def work() -> None:
+            while True:
+                try:
+                    i = todo.popleft()
+                except IndexError:
+                    return
+                record(i, hash_one(folders, paths[i], mapped=True))
+
+        threads = [threading.Thread(target=work) for _ in range(min(default_workers(), large))]
+        for thread in threads:
+            thread.start()
+        for i in range(large, len(paths)):
+            record(i, hash_one(folders, paths[i], mapped=False))
+        for thread in threads:
+            thread.join()
     os.close(own_root)
-    with open(memfd, "wb", closefd=False) as out:  # writes it all, however large
-        out.write(records)
+
+
+def _sha256_mapped(fd: int, size: int, advance: Callable[[int], None]) -> str:
+    """Hex SHA-256 of the first `size` bytes of regular file `fd`, read through
+    memory maps of MAP_WINDOW bytes (SIGBUS if the file shrinks meanwhile: run
+    only in a process that may die of it)."""
+    digest = hashlib.sha256()
+    for offset in range(0, size, MAP_WINDOW):
+        length = min(MAP_WINDOW, size - offset)
+        with mmap.mmap(fd, length, offset=offset, prot=mmap.PROT_READ) as window:
+            with contextlib.suppress(OSError, AttributeError):
+                window.madvise(mmap.MADV_SEQUENTIAL)  # a hint for files not yet cached
+            with memoryview(window) as view:
+                digest.update(view)  # the GIL released: threads hash in parallel
+        advance(length)
+    return digest.hexdigest()

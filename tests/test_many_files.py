@@ -262,6 +262,11 @@ def test_sha256_of_a_small_file_reads_to_its_end(
 # ------------------------------------------------------------------ ForkedDigests
 
 
+def _small(paths: list[str]) -> list[tuple[str, int]]:
+    """As a manifest names them: each with a (recorded) small size."""
+    return [(p, 16) for p in paths]
+
+
 def _many_small(root: Path, count: int) -> list[str]:
     paths = []
     for i in range(count):
@@ -277,13 +282,15 @@ def test_forked_helper_hashes_its_share_as_hashlib_does(tmp_path: Path) -> None:
     paths = _many_small(tmp_path, FORK_AT_LEAST)
     root_fd = open_root(tmp_path)
     try:
-        ahead = ForkedDigests.start(root_fd, paths)
+        ahead = ForkedDigests.start(root_fd, _small(paths))
         assert ahead is not None
+        advanced: list[int] = []
         with ahead:
-            got = {p: ahead.take(p) for p in paths}
+            got = {p: ahead.take(p, advanced.append) for p in paths}
     finally:
         os.close(root_fd)
     share = paths[len(paths) // 2 :]
+    assert sum(advanced) == sum((tmp_path / p).stat().st_size for p in share)
     assert all(got[p] is None for p in paths[: len(paths) // 2])  # the caller's half
     for p in share:
         data = (tmp_path / p).read_bytes()
@@ -301,13 +308,18 @@ def test_forked_helper_leaves_what_it_cannot_open_to_the_caller(tmp_path: Path) 
     os.mkfifo(tmp_path / fifo)
     root_fd = open_root(tmp_path)
     try:
-        ahead = ForkedDigests.start(root_fd, paths)
+        ahead = ForkedDigests.start(root_fd, _small(paths))
         assert ahead is not None
         with ahead:
-            assert [ahead.take(p) for p in (symlinked, missing, fifo)] == [None] * 3
-            assert ahead.take(paths[-4]) is not None
+            advanced: list[int] = []
+            bad = [ahead.take(p, advanced.append) for p in (symlinked, missing, fifo)]
+            assert bad == [None] * 3
+            assert ahead.take(paths[-4], advanced.append) is not None
     finally:
         os.close(root_fd)
+    # Counted: the bytes of what it hashed, and nothing of what it could not.
+    share = paths[len(paths) // 2 : -3]
+    assert sum(advanced) == sum((tmp_path / p).stat().st_size for p in share)
 
 
 def test_forked_helper_not_started_for_few_files_or_beside_threads(tmp_path: Path) -> None:
@@ -316,9 +328,9 @@ def test_forked_helper_not_started_for_few_files_or_beside_threads(tmp_path: Pat
     stop = threading.Event()
     other = threading.Thread(target=stop.wait)
     try:
-        assert ForkedDigests.start(root_fd, paths[:-1]) is None
+        assert ForkedDigests.start(root_fd, _small(paths[:-1])) is None
         other.start()  # a fork copies only the calling thread: never beside another
-        assert ForkedDigests.start(root_fd, paths) is None
+        assert ForkedDigests.start(root_fd, _small(paths)) is None
     finally:
         stop.set()
         other.join()

@@ -16,11 +16,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from integrity.files import open_root
-from integrity.manifest import Manifest
-from integrity.report import Finding
+
+if TYPE_CHECKING:  # not at run time: `verify` imports this before pydantic
+    from integrity.hashing import ForkedDigests
+    from integrity.manifest import Manifest
+    from integrity.report import Finding
 
 
 @dataclass
@@ -32,6 +35,8 @@ class CheckContext:
     show_progress: bool = True
     # Manifest paths whose content matched their recorded digest in this run.
     verified: set[str] = field(default_factory=set)
+    # Files already being hashed for the digests check (`verify` starts it).
+    hashing_ahead: ForkedDigests | None = None
 
 
 @dataclass

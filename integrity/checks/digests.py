@@ -55,9 +55,10 @@ class DigestsCheck:
             return self._run(manifest, context, root_fd)
 
     def _run(self, manifest: Manifest, context: CheckContext, root_fd: int) -> CheckOutcome:
+        if context.hashing_ahead is not None:  # `verify` started it before validating
+            return self._compare_all(manifest, context, root_fd, context.hashing_ahead)
         # Started first, so a helper hashes while this process lists the folders.
-        small = [f.path for f in manifest.files if _small(f)]
-        ahead = ForkedDigests.start(root_fd, small)
+        ahead = ForkedDigests.start(root_fd, ((f.path, f.size) for f in manifest.files))
         try:
             return self._compare_all(manifest, context, root_fd, ahead)
         finally:
@@ -111,9 +112,9 @@ class DigestsCheck:
         ):
 
             def verify(entry: FileDigest) -> Finding | None:
-                hashed = ahead.take(entry.path) if ahead is not None else None
+                hashed = ahead.take(entry.path, progress.advance) if ahead else None
                 if hashed is not None:
-                    return _compare_hashed(entry, hashed, progress.advance, names)
+                    return _compare_hashed(entry, hashed, names)
                 return _verify_file(root_fd, entry, progress.advance, names, folders)
 
             # Results come in input order: pair each with its entry as it arrives.
@@ -190,15 +191,11 @@ def _verify_file(
 
 
 def _compare_hashed(
-    entry: FileDigest,
-    hashed: tuple[str, int, int],
-    advance: Callable[[int], None],
-    names: _NameIndex,
+    entry: FileDigest, hashed: tuple[str, int, int], names: _NameIndex
 ) -> Finding | None:
-    """`_verify_file` for a file a helper process opened and hashed: (hex digest,
-    bytes read, size when opened)."""
+    """`_verify_file` for a file a helper process opened and hashed
+    (`ForkedDigests`): (hex digest, bytes read, size when opened)."""
     actual, count, size = hashed
-    advance(count)
     return (
         _renamed(entry.path, names)
         or _size_changed(entry, size)

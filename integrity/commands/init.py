@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import stat
 import sys
@@ -20,7 +21,7 @@ from integrity.files import (
     open_root,
     walk_directory,
 )
-from integrity.hashing import INLINE_BELOW, parallel_map, sha256_fd
+from integrity.hashing import INLINE_BELOW, ForkedDigests, parallel_map, sha256_fd
 from integrity.manifest import (
     Artifact,
     FileDigest,
@@ -111,12 +112,19 @@ def expand_files(root_fd: int, artifacts: list[Artifact]) -> dict[str, int]:
 
 def hash_files(root_fd: int, sizes: dict[str, int], show_progress: bool) -> list[FileDigest]:
     """The digest of every file in `sizes` (path to size, for the progress total)."""
+    # Started first: the fork is refused once the progress thread runs.
+    ahead = ForkedDigests.start(root_fd, sizes.items())
     with (
         Progress("hashing", sum(sizes.values()), enabled=show_progress) as progress,
         Folders(root_fd) as folders,
+        ahead or contextlib.nullcontext(),
     ):
 
         def digest(path: str) -> FileDigest:
+            hashed = ahead.take(path, progress.advance) if ahead else None
+            if hashed is not None:
+                return FileDigest(path=path, sha256=hashed[0], size=hashed[1])
+            # Not hashed ahead, or the helper could not: this path says why.
             try:
                 fd, st = open_regular(root_fd, path, folders)
             except PathProblem as problem:

@@ -1,4 +1,10 @@
-"""`verify`: load the manifest, run the selected checks, render the report, exit 0/1."""
+"""`verify`: load the manifest, run the selected checks, render the report, exit 0/1.
+
+The files the manifest names start being hashed as soon as its JSON is read,
+before pydantic is imported and the manifest validated: that start-up is then
+spent while the files are read (`hashing.ForkedDigests`). So this module imports
+nothing that imports pydantic until the hashing has started.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,17 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from integrity.checks import CheckContext, CheckIncomplete, load_check, registry
 from integrity.errors import UserError
-from integrity.manifest import Manifest, load_manifest, manifest_root
 from integrity.paths import is_within
-from integrity.report import CheckResult, Report, overall_status, status_from_findings
 from integrity.text import is_terminal, write_text
+
+if TYPE_CHECKING:
+    from integrity.hashing import ForkedDigests
+    from integrity.manifest import Manifest
+    from integrity.report import Report
 
 
 def select_checks(known: list[str], only: list[str] | None, skip: list[str] | None) -> list[str]:
@@ -39,15 +49,23 @@ def run_checks(
     *,
     show_progress: bool = True,
     manifest: Manifest | None = None,
+    hashing_ahead: ForkedDigests | None = None,
 ) -> Report:
-    """Run the selected checks; `manifest`, when given, is `manifest_path` already loaded."""
+    """Run the selected checks; `manifest`, when given, is `manifest_path` already
+    loaded, and `hashing_ahead` files of it already being hashed."""
+    from integrity.manifest import load_manifest, manifest_root
+    from integrity.report import CheckResult, Report, overall_status, status_from_findings
+
     started = time.monotonic()
     checks = registry()
     selected = select_checks(checks, only, skip)
     if manifest is None:
         manifest = load_manifest(manifest_path)
     context = CheckContext(
-        manifest_path=manifest_path, root=manifest_root(manifest_path), show_progress=show_progress
+        manifest_path=manifest_path,
+        root=manifest_root(manifest_path),
+        show_progress=show_progress,
+        hashing_ahead=hashing_ahead,
     )
     results: list[CheckResult] = []
     for check_id in checks:
@@ -86,26 +104,55 @@ def run_checks(
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from integrity.render.console import render_console
-    from integrity.render.json_report import write_json_report
+    from integrity.manifest_json import parse_manifest_json, read_manifest_bytes
 
     manifest_path = Path(args.manifest)
     outputs = [Path(p) for p in [args.json] if p]
-    select_checks(registry(), args.only, args.skip)  # usage errors first
+    selected = select_checks(registry(), args.only, args.skip)  # usage errors first
     _refuse_clobbering(outputs, manifest_path)
-    manifest = load_manifest(manifest_path)
-    _refuse_writing_artifacts(outputs, manifest, manifest_root(manifest_path))
-    report = run_checks(
-        manifest_path,
-        args.only,
-        args.skip,
-        show_progress=not args.no_progress,
-        manifest=manifest,
-    )
+    raw = parse_manifest_json(read_manifest_bytes(manifest_path), str(manifest_path))
+    ahead = _start_hashing(raw, manifest_path) if "digests" in selected else None
+    try:
+        from integrity.manifest import manifest_root, validate_manifest
+
+        manifest = validate_manifest(raw, manifest_path)
+        del raw
+        _refuse_writing_artifacts(outputs, manifest, manifest_root(manifest_path))
+        report = run_checks(
+            manifest_path,
+            args.only,
+            args.skip,
+            show_progress=not args.no_progress,
+            manifest=manifest,
+            hashing_ahead=ahead,
+        )
+    finally:
+        if ahead is not None:
+            ahead.close()  # stops the hashing at once when validation failed
+    from integrity.render.console import render_console
+    from integrity.render.json_report import write_json_report
+
     if args.json:
         write_json_report(report, Path(args.json))
     write_text(sys.stdout, render_console(report, color=_use_color(sys.stdout)))
     return 0 if report.status == "pass" else 1
+
+
+def _start_hashing(raw: dict[str, Any], manifest_path: Path) -> ForkedDigests | None:
+    """Start hashing the files the not yet validated manifest names (each path a
+    valid manifest path, opened beneath its folder, never through a symlink)."""
+    from integrity.files import open_root
+    from integrity.hashing import ForkedDigests
+    from integrity.manifest_json import named_files
+
+    try:
+        root_fd = open_root(os.path.dirname(os.path.abspath(manifest_path)))
+    except OSError:
+        return None  # the digests check reports it
+    try:
+        return ForkedDigests.start(root_fd, named_files(raw))
+    finally:
+        os.close(root_fd)  # the helpers hold descriptors of their own
 
 
 def _refuse_clobbering(outputs: list[Path], manifest_path: Path) -> None:
