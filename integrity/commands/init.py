@@ -1,4 +1,8 @@
-"""`init`: record every artifact's digest in a new manifest (never overwriting without --force)."""
+"""`init`: record every artifact's digest in a new manifest (never overwriting without --force).
+
+pydantic and the manifest models are imported only once the files are being
+hashed (`hash_files`), so that import overlaps the hashing.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,7 @@ import os
 import stat
 import sys
 from pathlib import Path
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from integrity.errors import UserError
 from integrity.files import (
@@ -22,20 +25,23 @@ from integrity.files import (
     walk_directory,
 )
 from integrity.hashing import INLINE_BELOW, ForkedDigests, parallel_map, sha256_fd
-from integrity.manifest import (
-    Artifact,
-    FileDigest,
-    build_manifest,
-    describe_validation_error,
-    dump_manifest,
-    write_manifest,
-)
 from integrity.paths import escapes_root, to_manifest_path
 from integrity.progress import Progress, human_size
 from integrity.text import counted
 
+if TYPE_CHECKING:
+    from integrity.manifest import FileDigest
 
-def _artifact(root: Path, given: str, role: str) -> Artifact:
+
+class Named(NamedTuple):
+    """An artifact as the user named it, before it becomes a manifest `Artifact`."""
+
+    path: str
+    type: Literal["file", "directory"]
+    role: Literal["model", "artifact"]
+
+
+def _artifact(root: Path, given: str, role: Literal["model", "artifact"]) -> Named:
     try:
         path = to_manifest_path(root, Path(given))
     except ValueError as exc:
@@ -52,25 +58,27 @@ def _artifact(root: Path, given: str, role: str) -> Artifact:
     if stat.S_ISLNK(mode):
         raise UserError(f"{given}: is a symlink; record the file it points to instead")
     if stat.S_ISDIR(mode):
-        return Artifact(path=path, type="directory", role=role)  # type: ignore[arg-type]
+        return Named(path, "directory", role)
     if not stat.S_ISREG(mode):
         raise UserError(f"{given}: is {describe_mode(mode)}, not a file or folder")
-    return Artifact(path=path, type="file", role=role)  # type: ignore[arg-type]
+    return Named(path, "file", role)
 
 
 _FLAGS = {"model": "--model", "artifact": "--artifact"}
 
 
-def collect_artifacts(root: Path, models: list[str], others: list[str]) -> list[Artifact]:
+def collect_artifacts(root: Path, models: list[str], others: list[str]) -> list[Named]:
     """Every artifact named: each `--model` a model, each `--artifact` another artifact.
 
     Nothing named is dropped. A path named twice is one artifact (a model if it
     was named as one). A path inside another named folder is refused: its files
     would belong to two artifacts, perhaps in two roles.
     """
-    named: dict[str, tuple[Artifact, str]] = {}  # manifest path: artifact, as first given
+    named: dict[str, tuple[Named, str]] = {}  # manifest path: artifact, as first given
     # Models first, so a path named both ways is a model.
-    for given, role in [(m, "model") for m in models] + [(p, "artifact") for p in others]:
+    roles: list[tuple[str, Literal["model", "artifact"]]] = [(m, "model") for m in models]
+    roles += [(p, "artifact") for p in others]
+    for given, role in roles:
         artifact = _artifact(root, given, role)
         named.setdefault(artifact.path, (artifact, given))
     for path, (_, given) in named.items():
@@ -86,7 +94,7 @@ def collect_artifacts(root: Path, models: list[str], others: list[str]) -> list[
     return [artifact for artifact, _ in named.values()]
 
 
-def expand_files(root_fd: int, artifacts: list[Artifact]) -> dict[str, int]:
+def expand_files(root_fd: int, artifacts: list[Named]) -> dict[str, int]:
     """Every file the artifacts cover, with its size, sorted by path; refuses
     symlinks and special files inside folders."""
     sizes: dict[str, int] = {}
@@ -114,6 +122,10 @@ def hash_files(root_fd: int, sizes: dict[str, int], show_progress: bool) -> list
     """The digest of every file in `sizes` (path to size, for the progress total)."""
     # Started first: the fork is refused once the progress thread runs.
     ahead = ForkedDigests.start(root_fd, sizes.items())
+    # Imported only now: pydantic's import (a tenth of a second of one core)
+    # then overlaps the helper's hashing instead of coming before it.
+    from integrity.manifest import FileDigest
+
     with (
         Progress("hashing", sum(sizes.values()), enabled=show_progress) as progress,
         Folders(root_fd) as folders,
@@ -162,8 +174,20 @@ def run_init(args: argparse.Namespace) -> int:
         digests = hash_files(root_fd, expand_files(root_fd, artifacts), show_progress=True)
     finally:
         os.close(root_fd)
+    from pydantic import ValidationError
+
+    from integrity.manifest import (
+        Artifact,
+        build_manifest,
+        describe_validation_error,
+        dump_manifest,
+        write_manifest,
+    )
+
     try:
-        manifest = build_manifest(artifacts, digests)
+        manifest = build_manifest(
+            [Artifact(path=a.path, type=a.type, role=a.role) for a in artifacts], digests
+        )
     except ValidationError as exc:
         raise UserError(f"{manifest_path}: {describe_validation_error(exc)}") from None
     # Serialise before touching the file system, so a failure leaves nothing behind.
